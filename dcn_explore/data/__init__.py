@@ -1,0 +1,9 @@
+"""Data sources -> :class:`TabularData` (encoded tensors + Schema)."""
+
+from .dataset import Batch, TabularData
+from .frame import FrameEncoder, from_frame, split_frame
+from .movielens import movielens
+from .sources import load_source
+from .synthetic import paper_polynomial, planted_crosses
+
+__all__ = ["Batch", "TabularData", "FrameEncoder", "from_frame", "split_frame", "paper_polynomial", "planted_crosses", "movielens", "load_source"]
