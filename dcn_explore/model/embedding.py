@@ -1,0 +1,101 @@
+"""The embedding layer: ``x0 = [e_1; ...; e_k; x_dense]`` in schema order (Sec. 3).
+
+Each id feature has its own width. Features of the same width share one table
+(rows stacked, an offset per feature), so a batch needs one lookup per distinct
+width, not one per feature; a multivalent feature is the mean of its ids'
+embeddings (``embedding_bag``, padding excluded). The pieces are concatenated
+and put in schema order with one precomputed column permutation.
+
+>>> import torch
+>>> from dcn_explore.schema import Schema, FeatureSpec
+>>> s = Schema([FeatureSpec("a", "categorical", vocab_size=5, embedding_dim=2),
+...             FeatureSpec("x", "dense"),
+...             FeatureSpec("b", "categorical", vocab_size=7, embedding_dim=3)])
+>>> emb = FeatureEmbedding(s)
+>>> x0 = emb(torch.tensor([[1, 6]]), torch.zeros(1, 0, 0, dtype=torch.long), torch.tensor([[0.5]]))
+>>> x0.shape, float(x0[0, 2]), torch.equal(x0[0, :2], emb.table("a")[1])
+(torch.Size([1, 6]), 0.5, True)
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..schema import Schema
+
+
+class FeatureEmbedding(nn.Module):
+    def __init__(self, schema: Schema, init_std: float = 0.05):
+        super().__init__()
+        self.schema = schema
+        cat = schema.of_kind("categorical")
+        mv = schema.of_kind("multivalent")
+        self.n_dense = len(schema.of_kind("dense"))
+        self.cat_tables = nn.ParameterList()
+        self.mv_tables = nn.ParameterList()
+        self._cat_groups: list[tuple[int, int]] = []  # (width, n_features) per table
+        self._mv_groups: list[tuple[int, int, int]] = []  # (width, n_features, padding row)
+        self._where: dict[str, tuple[str, int, int]] = {}  # name -> (kind, table index, row offset)
+        order: list[str] = []  # feature names in the order the pieces are concatenated
+
+        for kind, feats, tables in (("categorical", cat, self.cat_tables), ("multivalent", mv, self.mv_tables)):
+            by_width: dict[int, list[int]] = defaultdict(list)
+            for pos, f in enumerate(feats):
+                by_width[f.width].append(pos)
+            for t, (width, positions) in enumerate(sorted(by_width.items())):
+                offsets, rows = [], 0
+                for pos in positions:
+                    offsets.append(rows)
+                    self._where[feats[pos].name] = (kind, t, rows)
+                    rows += feats[pos].vocab_size
+                    order.append(feats[pos].name)
+                pad = rows  # multivalent: one extra all-zero row for padding
+                table = torch.empty(rows + (1 if kind == "multivalent" else 0), width).normal_(0.0, init_std)
+                if kind == "multivalent":
+                    table[pad].zero_()
+                tables.append(nn.Parameter(table))
+                prefix = "cat" if kind == "categorical" else "mv"
+                self.register_buffer(f"{prefix}_cols_{t}", torch.tensor(positions, dtype=torch.long), persistent=False)
+                self.register_buffer(f"{prefix}_offsets_{t}", torch.tensor(offsets, dtype=torch.long), persistent=False)
+                if kind == "categorical":
+                    self._cat_groups.append((width, len(positions)))
+                else:
+                    self._mv_groups.append((width, len(positions), pad))
+        order += [f.name for f in schema.of_kind("dense")]
+        # columns of the concatenation -> schema order
+        piece_slices, start = {}, 0
+        for name in order:
+            w = schema[name].width
+            piece_slices[name] = (start, start + w)
+            start += w
+        perm = torch.cat([torch.arange(*piece_slices[n]) for n in schema.names])
+        self.identity_order = bool(torch.equal(perm, torch.arange(schema.d)))
+        self.register_buffer("perm", perm, persistent=False)
+
+    def table(self, name: str) -> torch.Tensor:
+        """The embedding rows of one id feature, ``(vocab_size, width)`` (a view into the shared table)."""
+        kind, t, off = self._where[name]
+        tables = self.cat_tables if kind == "categorical" else self.mv_tables
+        return tables[t][off : off + self.schema[name].vocab_size]
+
+    def forward(self, categorical: torch.Tensor, multivalent: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """``categorical: (B, n_cat)``, ``multivalent: (B, n_mv, L)``, ``dense: (B, n_dense)`` -> ``x0: (B, d)``."""
+        B = categorical.shape[0] if categorical.dim() == 2 else dense.shape[0]
+        parts = []
+        for t, (width, n) in enumerate(self._cat_groups):
+            cols = getattr(self, f"cat_cols_{t}")
+            ids = categorical.index_select(1, cols) + getattr(self, f"cat_offsets_{t}")
+            parts.append(F.embedding(ids, self.cat_tables[t]).reshape(B, n * width))
+        for t, (width, n, pad) in enumerate(self._mv_groups):
+            sel = multivalent.index_select(1, getattr(self, f"mv_cols_{t}"))  # (B, n, L)
+            ids = torch.where(sel == 0, pad, sel + getattr(self, f"mv_offsets_{t}")[None, :, None])
+            bag = F.embedding_bag(ids.reshape(B * n, -1), self.mv_tables[t], mode="mean", padding_idx=pad)
+            parts.append(bag.reshape(B, n * width))
+        if self.n_dense:
+            parts.append(dense.to(parts[0].dtype if parts else dense.dtype))
+        x0 = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        return x0 if self.identity_order else x0.index_select(1, self.perm)
