@@ -1,0 +1,398 @@
+"""Training and evaluation (Sec. 7.1's recipe).
+
+Adam; log loss (binary) or MSE (regression) plus ``λ Σ_l ‖W_l‖²`` on the cross
+kernels; gradient clipping (norm 10); an exponential moving average of the
+weights (``torch.optim.swa_utils.AveragedModel``); early stopping on validation
+loss; checkpoints of the best weights written atomically. Batches are taken by
+indexing tensors that live on the training device.
+
+>>> from dcn_explore import DCNv2, DCNConfig
+>>> from dcn_explore.data import planted_crosses
+>>> train, val = planted_crosses(n_samples=2000).split((0.8, 0.2), seed=0)
+>>> model = DCNv2(train.schema, DCNConfig(cross_layers=1, deep_layers=(16,)), seed=0)
+>>> result = fit(model, train, val, TrainConfig(epochs=2, progress=False))
+>>> list(result.history.columns[:4]), sorted(evaluate(model, val))
+(['epoch', 'step', 'train_loss', 'val_loss'], ['auc', 'logloss'])
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
+
+from .checkpoint import save_checkpoint
+from .data.dataset import TabularData
+from .errors import ConfigError, DataError, TrainingDivergedError
+from .model.dcn import DCNv2
+
+LR_SCHEDULES = ("constant", "plateau", "cosine")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train (Sec. 7.1 defaults where the paper gives them).
+
+    - ``l2``: ``λ`` of ``λ Σ_l ‖W_l‖²`` on the cross kernels (``U, V, C`` for low-rank/mixture).
+    - ``clip_norm``: gradient clipping by global norm (``None`` disables).
+    - ``ema_decay``: decay of the moving average of the weights that is evaluated and
+      kept (``None`` disables). With ``ema_warmup`` the decay used at update ``n`` is
+      ``min(ema_decay, (1 + n) / (10 + n))`` (TensorFlow's ``num_updates`` rule), so
+      that the paper's 0.9999 is usable on short runs.
+    - ``early_stopping``: stop after this many epochs without a validation-loss
+      improvement (``None`` disables); the best weights are restored.
+    - ``device``: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+    - ``amp``: bf16 autocast; ``"auto"`` = on for CUDA, off on the CPU.
+    - ``lr_schedule``: ``"constant"``, ``"plateau"`` (lr ×0.1 when validation loss stalls)
+      or ``"cosine"`` (to 0 over all steps).
+    - ``dtype``: ``"float32"`` or ``"float64"`` (for the high-precision polynomial fits).
+    - ``checkpoint``: a path; the best weights are saved there (atomically) as training goes.
+    """
+
+    epochs: int = 20
+    batch_size: int = 512
+    lr: float = 1e-3
+    l2: float = 1e-4
+    clip_norm: float | None = 10.0
+    ema_decay: float | None = 0.9999
+    ema_warmup: bool = True
+    early_stopping: int | None = 3
+    seed: int = 0
+    device: str = "auto"
+    amp: Any = "auto"
+    lr_schedule: str = "constant"
+    dtype: str = "float32"
+    eval_batch_size: int = 16384
+    progress: bool = True
+    checkpoint: str | None = None
+    max_steps: int | None = None
+
+    def __post_init__(self):
+        def bad(name, why):
+            raise ConfigError(f"TrainConfig.{name}={getattr(self, name)!r}: {why}")
+
+        def pos_int(name):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                bad(name, "must be an integer >= 1")
+
+        for n in ("epochs", "batch_size", "eval_batch_size"):
+            pos_int(n)
+        if self.max_steps is not None:
+            pos_int("max_steps")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            bad("lr", "must be a positive number")
+        if not (isinstance(self.l2, (int, float)) and self.l2 >= 0):
+            bad("l2", "must be >= 0")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            bad("clip_norm", "must be > 0 or None")
+        if self.ema_decay is not None and not (0.0 < self.ema_decay < 1.0):
+            bad("ema_decay", "must be in (0, 1) or None")
+        if self.early_stopping is not None and (isinstance(self.early_stopping, bool) or not isinstance(self.early_stopping, int) or self.early_stopping < 1):
+            bad("early_stopping", "must be an integer >= 1 or None")
+        if self.lr_schedule not in LR_SCHEDULES:
+            bad("lr_schedule", f"allowed: {', '.join(LR_SCHEDULES)}")
+        if self.dtype not in DTYPES:
+            bad("dtype", f"allowed: {', '.join(DTYPES)}")
+        if self.amp not in ("auto", True, False):
+            bad("amp", "allowed: 'auto', True, False")
+        if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
+            bad("device", "allowed: 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            bad("seed", "must be an integer")
+
+    def replace(self, **changes) -> "TrainConfig":
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise ConfigError(f"TrainConfig has no field(s) {unknown}")
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "TrainConfig":
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"TrainConfig has no field(s) {unknown}")
+        return cls(**dict(d))
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` returns. ``model`` holds the best (EMA) weights."""
+
+    model: DCNv2
+    history: pd.DataFrame
+    best_epoch: int
+    best_metrics: dict
+    train_time_s: float
+    steps: int
+    device: str
+    config: TrainConfig
+    stopped_early: bool = False
+    checkpoint: str | None = None
+    summary: dict = field(default_factory=dict)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"TrainConfig.device={device!r}: CUDA is not available on this machine (use 'auto' or 'cpu')")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA) and NumPy."""
+    import numpy as np
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def _loss(logits: torch.Tensor, label: torch.Tensor, task: str) -> torch.Tensor:
+    if task == "binary":
+        return F.binary_cross_entropy_with_logits(logits, label)
+    return F.mse_loss(logits, label)
+
+
+@torch.no_grad()
+def predict(model: DCNv2, data: TabularData, batch_size: int = 16384, device: str | torch.device | None = None) -> torch.Tensor:
+    """Raw model outputs ``(N,)`` (logits for binary tasks), on the CPU."""
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    data = data.to(dev)
+    dtype = next(model.parameters()).dtype
+    outs = []
+    try:
+        for i in range(0, len(data), batch_size):
+            b = data.batch(slice(i, i + batch_size))
+            outs.append(model(b.categorical, b.multivalent, b.dense.to(dtype)).float())
+    finally:
+        model.train(was_training)
+    return torch.cat(outs).cpu() if outs else torch.empty(0)
+
+
+def metrics_from_outputs(outputs: torch.Tensor, label: torch.Tensor, task: str) -> dict[str, float]:
+    """``{"logloss", "auc"}`` for binary tasks (outputs are logits), ``{"rmse"}`` for regression."""
+    from torchmetrics.functional import mean_squared_error
+    from torchmetrics.functional.classification import binary_auroc
+
+    outputs, label = outputs.double(), label.double()
+    if task == "binary":
+        logloss = float(F.binary_cross_entropy_with_logits(outputs, label))
+        both = bool((label == 1).any() and (label == 0).any())
+        auc = float(binary_auroc(torch.sigmoid(outputs), label.long())) if both else math.nan
+        return {"logloss": logloss, "auc": auc}
+    return {"rmse": float(mean_squared_error(outputs, label, squared=False))}
+
+
+def evaluate(model: DCNv2, data: TabularData, batch_size: int = 16384) -> dict[str, float]:
+    """Metrics of ``model`` on ``data``: ``{"logloss", "auc"}`` (binary) or ``{"rmse"}`` (regression)."""
+    if len(data) == 0:
+        raise DataError(f"{data.name}: cannot evaluate on an empty data set")
+    return metrics_from_outputs(predict(model, data, batch_size), data.label, data.task)
+
+
+def _loss_key(task: str) -> str:
+    return "logloss" if task == "binary" else "rmse"
+
+
+class _EMA:
+    """``AveragedModel`` with an exponential average whose decay warms up (TF's ``num_updates`` rule)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float, warmup: bool):
+        self.decay, self.warmup, self.updates = decay, warmup, 0
+
+        def multi_avg_fn(ema_params, params, _num_averaged):
+            d = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
+            torch._foreach_lerp_(ema_params, params, 1.0 - d)
+
+        self.averaged = AveragedModel(model, multi_avg_fn=multi_avg_fn, use_buffers=False)
+
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        self.averaged.update_parameters(model)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.averaged.module
+
+
+def _state_copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def fit(
+    model: DCNv2,
+    train: TabularData,
+    val: TabularData | None = None,
+    config: TrainConfig | None = None,
+    callback: Callable[[dict], Any] | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``train``; early-stop and pick the best weights on ``val``.
+
+    ``callback(event)`` is called after every epoch with a dict holding ``epoch``,
+    ``step``, the history row's metrics and ``model`` (the weights being evaluated).
+    Raises :class:`~dcn_explore.errors.TrainingDivergedError` when the loss becomes
+    NaN/Inf (the model keeps its last good weights and no checkpoint is overwritten).
+    """
+    cfg = config or TrainConfig()
+    if not isinstance(cfg, TrainConfig):
+        raise ConfigError(f"config must be a TrainConfig, got {type(cfg).__name__}")
+    if not isinstance(model, DCNv2):
+        raise ConfigError(f"model must be a DCNv2, got {type(model).__name__}")
+    for part, name in ((train, "train"), (val, "val")):
+        if part is None:
+            continue
+        if not isinstance(part, TabularData):
+            raise DataError(f"{name} must be a TabularData, got {type(part).__name__}")
+        if len(part) == 0:
+            raise DataError(f"{part.name}: the {name} set is empty")
+        if [(f.name, f.kind, f.vocab_size) for f in part.schema] != [(f.name, f.kind, f.vocab_size) for f in model.schema]:
+            raise DataError(f"{part.name}: its schema {part.schema!r} does not match the model's {model.schema!r}")
+    if val is not None and val.task != train.task:
+        raise DataError(f"val task {val.task!r} differs from train task {train.task!r}")
+    task = train.task
+    model.task = task
+    device = resolve_device(cfg.device)
+    dtype = DTYPES[cfg.dtype]
+    use_amp = device.type == "cuda" and (cfg.amp is True or cfg.amp == "auto") and dtype == torch.float32
+    seed_everything(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model.to(device=device, dtype=dtype)
+    tr = train.to(device)
+    va = val.to(device) if val is not None else None
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    n = len(tr)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
+    sched = None
+    if cfg.lr_schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))
+    elif cfg.lr_schedule == "plateau":
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.1, patience=1)
+    ema = _EMA(model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay else None
+    kernels = model.cross_kernels() if cfg.l2 > 0 else []
+    key = _loss_key(task)
+
+    def eval_model() -> torch.nn.Module:
+        return ema.module if ema is not None else model
+
+    def evaluate_now(part: TabularData) -> dict[str, float]:
+        m = eval_model()
+        return metrics_from_outputs(predict(m, part, cfg.eval_batch_size, device), part.label, task)
+
+    bar = None
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, desc=f"train {model.config.label()}", unit="step", leave=False)
+    rows: list[dict] = []
+    best = {"value": math.inf, "epoch": 0, "state": None, "metrics": {}}
+    last_good: dict = {}
+    step, bad_epochs, stopped_early = 0, 0, False
+    start = time.perf_counter()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else torch.autocast("cpu", enabled=False)
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            perm = torch.randperm(n, generator=gen).to(device)
+            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+            seen = 0
+            for i in range(0, n, cfg.batch_size):
+                if cfg.max_steps is not None and step >= cfg.max_steps:
+                    break
+                b = tr.batch(perm[i : i + cfg.batch_size])
+                with autocast:
+                    out = model(b.categorical, b.multivalent, b.dense.to(dtype))
+                loss = _loss(out.to(dtype), b.label.to(dtype), task)
+                total = loss + cfg.l2 * sum(k.pow(2).sum() for k in kernels) if kernels else loss
+                if not bool(torch.isfinite(total)):
+                    if best["state"] is not None:
+                        model.load_state_dict(best["state"])
+                    raise TrainingDivergedError(
+                        f"training loss became {float(total)} at step {step + 1} (epoch {epoch}, batch {i // cfg.batch_size + 1}); "
+                        f"last good metrics: {last_good or 'none (diverged in the first epoch)'}; "
+                        + ("the model holds the best weights so far" if best["state"] is not None else "no good weights to restore")
+                        + (f"; checkpoint {cfg.checkpoint} was not touched" if cfg.checkpoint else "")
+                    )
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                if cfg.clip_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+                opt.step()
+                if sched is not None and cfg.lr_schedule == "cosine":
+                    sched.step()
+                if ema is not None:
+                    ema.update(model)
+                loss_sum += loss.detach().double() * b.label.shape[0]
+                seen += b.label.shape[0]
+                step += 1
+                if bar is not None:
+                    bar.update(1)
+            train_loss = float(loss_sum) / max(seen, 1)
+            row = {"epoch": epoch, "step": step, "train_loss": train_loss}
+            if va is not None:
+                m = evaluate_now(va)
+                row["val_loss"] = m[key]
+                row.update({f"val_{k}": v for k, v in m.items()})
+            else:
+                row["val_loss"] = math.nan
+            row["lr"] = opt.param_groups[0]["lr"]
+            row["time_s"] = time.perf_counter() - start
+            rows.append(row)
+            last_good = {k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()}
+            monitor = row["val_loss"] if va is not None else train_loss
+            if monitor < best["value"]:
+                best.update(value=monitor, epoch=epoch, state=_state_copy(eval_model()), metrics=dict(row))
+                bad_epochs = 0
+                if cfg.checkpoint:
+                    model_for_ckpt = eval_model()
+                    model_for_ckpt.task = task
+                    save_checkpoint(cfg.checkpoint, model_for_ckpt, cfg, pd.DataFrame(rows))
+            else:
+                bad_epochs += 1
+            if sched is not None and cfg.lr_schedule == "plateau":
+                sched.step(monitor)
+            if bar is not None:
+                bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k.startswith("val_") and isinstance(v, float)})
+            if callback is not None:
+                callback(dict(row, model=eval_model()))
+            if cfg.early_stopping is not None and va is not None and bad_epochs >= cfg.early_stopping:
+                stopped_early = True
+                break
+            if cfg.max_steps is not None and step >= cfg.max_steps:
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    model.eval()
+    history = pd.DataFrame(rows)
+    return TrainResult(
+        model=model,
+        history=history,
+        best_epoch=best["epoch"],
+        best_metrics=best["metrics"],
+        train_time_s=time.perf_counter() - start,
+        steps=step,
+        device=str(device),
+        config=cfg,
+        stopped_early=stopped_early,
+        checkpoint=str(Path(cfg.checkpoint)) if cfg.checkpoint else None,
+        summary=model.summary(),
+    )
