@@ -34,6 +34,8 @@ from .errors import ConfigError, DataError, TrainingDivergedError
 from .model.dcn import DCNv2
 
 LR_SCHEDULES = ("constant", "plateau", "cosine")
+#: ``sparse_embeddings="auto"`` switches to row-sparse updates from this many embedding parameters on
+SPARSE_AUTO_MIN_PARAMS = 1_000_000
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -55,6 +57,13 @@ class TrainConfig:
       or ``"cosine"`` (to 0 over all steps).
     - ``dtype``: ``"float32"`` or ``"float64"`` (for the high-precision polynomial fits).
     - ``checkpoint``: a path; the best weights are saved there (atomically) as training goes.
+    - ``sparse_embeddings``: train embedding tables with row-sparse gradients and lazy Adam
+      (``torch.optim.SparseAdam``: only the rows a batch touches are updated; their moving
+      average is kept exactly, see ``_EMA``). ``"auto"`` = on when the tables hold at least
+      ``SPARSE_AUTO_MIN_PARAMS`` parameters, where dense Adam over every row dominates a step.
+    - ``compile``: run the training forward through ``torch.compile``.
+    - ``data_on_device``: ``"auto"`` moves data to a CUDA device when it takes under half of the
+      free memory, else streams pinned batches from host (or memory-mapped) memory.
     """
 
     epochs: int = 20
@@ -74,6 +83,9 @@ class TrainConfig:
     progress: bool = True
     checkpoint: str | None = None
     max_steps: int | None = None
+    sparse_embeddings: Any = "auto"
+    compile: bool = False
+    data_on_device: Any = "auto"
 
     def __post_init__(self):
         def bad(name, why):
@@ -108,6 +120,12 @@ class TrainConfig:
             bad("device", "allowed: 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             bad("seed", "must be an integer")
+        if self.sparse_embeddings not in ("auto", True, False):
+            bad("sparse_embeddings", "allowed: 'auto', True, False")
+        if self.data_on_device not in ("auto", True, False):
+            bad("data_on_device", "allowed: 'auto', True, False")
+        if not isinstance(self.compile, bool):
+            bad("compile", "must be True or False")
 
     def replace(self, **changes) -> "TrainConfig":
         unknown = sorted(set(changes) - {f.name for f in fields(self)})
@@ -173,13 +191,12 @@ def predict(model: DCNv2, data: TabularData, batch_size: int = 16384, device: st
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    data = data.to(dev)
     dtype = next(model.parameters()).dtype
     outs = []
     try:
         for i in range(0, len(data), batch_size):
             b = data.batch(slice(i, i + batch_size))
-            outs.append(model(b.categorical, b.multivalent, b.dense.to(dtype)).float())
+            outs.append(model(b.categorical.to(dev), b.multivalent.to(dev), b.dense.to(dev, dtype)).float())
     finally:
         model.train(was_training)
     return torch.cat(outs).cpu() if outs else torch.empty(0)
@@ -211,20 +228,80 @@ def _loss_key(task: str) -> str:
 
 
 class _EMA:
-    """``AveragedModel`` with an exponential average whose decay warms up (TF's ``num_updates`` rule)."""
+    """Exponential moving average of the weights (``torch.optim.swa_utils.AveragedModel``) whose
+    decay warms up: ``min(decay, (1 + n) / (10 + n))`` at update ``n`` (TensorFlow's ``num_updates`` rule).
 
-    def __init__(self, model: torch.nn.Module, decay: float, warmup: bool):
+    Embedding tables trained by the lazy (sparse) optimizer are averaged lazily but exactly: a row
+    that a step does not touch keeps its value ``p``, so after updates ``a+1..b`` its average is
+    ``p + (ema_a - p) · Π d_j``; the product is kept as a cumulative sum of ``log d_j`` and applied
+    when the row is next touched (:meth:`catch_up`) or before the averaged model is read
+    (:meth:`finalize`). Dense parameters are lerped every update with one foreach kernel.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float, warmup: bool,
+                 lazy_tables: list[torch.nn.Parameter] | None = None, max_updates: int = 0):
         self.decay, self.warmup, self.updates = decay, warmup, 0
+        self.averaged = AveragedModel(model, multi_avg_fn=self._lerp, use_buffers=False)
+        lazy_ids = {id(p) for p in (lazy_tables or [])}
+        ema_params = dict(self.averaged.module.named_parameters())
+        dev = next(model.parameters()).device
+        self.tables = [(p, ema_params[name], torch.zeros(p.shape[0], dtype=torch.long, device=dev))
+                       for name, p in model.named_parameters() if id(p) in lazy_ids]
+        self._skip = {e.data_ptr() for _, e, _ in self.tables}
+        self.log_cum = torch.zeros(max_updates + 2, dtype=torch.float64, device=dev) if self.tables else None
+        self._rows: list[torch.Tensor | None] = [None] * len(self.tables)
+        self._d = 1.0
 
-        def multi_avg_fn(ema_params, params, _num_averaged):
-            d = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
-            torch._foreach_lerp_(ema_params, params, 1.0 - d)
+    def _lerp(self, ema_params, params, _num_averaged):
+        pairs = [(e, p) for e, p in zip(ema_params, params) if e.data_ptr() not in self._skip]
+        if pairs:
+            torch._foreach_lerp_([e for e, _ in pairs], [p for _, p in pairs], 1.0 - self._d)
 
-        self.averaged = AveragedModel(model, multi_avg_fn=multi_avg_fn, use_buffers=False)
+    def _factor(self, last: torch.Tensor) -> torch.Tensor:
+        return torch.exp(self.log_cum[self.updates] - self.log_cum[last]).to(self.tables[0][1].dtype).unsqueeze(-1)
 
+    @torch.no_grad()
+    def catch_up(self) -> None:
+        """Before the optimizer step: bring the touched rows' averages up to the current update."""
+        if not self.tables or self.updates == 0:
+            return
+        for k, (p, e, last) in enumerate(self.tables):
+            g = p.grad
+            rows = g._indices()[0] if g is not None and g.is_sparse else None
+            self._rows[k] = rows
+            if rows is None:
+                continue
+            pr = p.detach()[rows]
+            e[rows] = pr + (e[rows] - pr) * self._factor(last[rows])
+
+    @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         self.updates += 1
-        self.averaged.update_parameters(model)
+        n = self.updates
+        self._d = min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
+        self.averaged.update_parameters(model)  # first call copies everything
+        if not self.tables:
+            return
+        if n == 1:
+            for _, _, last in self.tables:
+                last.fill_(1)
+            return
+        self.log_cum[n] = self.log_cum[n - 1] + math.log(self._d)
+        for k, (p, e, last) in enumerate(self.tables):
+            rows = self._rows[k]
+            if rows is None:
+                continue
+            e[rows] = self._d * e[rows] + (1.0 - self._d) * p.detach()[rows]
+            last[rows] = n
+
+    @torch.no_grad()
+    def finalize(self) -> None:
+        """Bring every lazily averaged row up to date (before evaluating or saving the average)."""
+        if not self.tables or self.updates == 0:
+            return
+        for p, e, last in self.tables:
+            e.copy_(p.detach() + (e - p.detach()) * self._factor(last))
+            last.fill_(self.updates)
 
     @property
     def module(self) -> torch.nn.Module:
@@ -233,6 +310,90 @@ class _EMA:
 
 def _state_copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _use_sparse(cfg: "TrainConfig", model: DCNv2) -> bool:
+    if cfg.sparse_embeddings == "auto":
+        return model.num_parameters("embedding") >= SPARSE_AUTO_MIN_PARAMS
+    return bool(cfg.sparse_embeddings)
+
+
+@torch.no_grad()
+def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Clip by the global 2-norm of all gradients, row-sparse ones included (coalesced in place).
+
+    Same rule as ``torch.nn.utils.clip_grad_norm_``: scale by ``min(1, max_norm / (norm + 1e-6))``.
+    """
+    dense, norms = [], []
+    for p in params:
+        if p.grad is None:
+            continue
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce()
+            norms.append(torch.linalg.vector_norm(p.grad._values()))
+        else:
+            dense.append(p.grad)
+    if dense:
+        norms.extend(torch._foreach_norm(dense))
+    if not norms:
+        return torch.zeros(())
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    if dense:
+        torch._foreach_mul_(dense, coef)
+    for p in params:
+        if p.grad is not None and p.grad.is_sparse:
+            p.grad = p.grad * coef
+    return total
+
+
+class _Batches:
+    """Mini-batches of one epoch, taken by indexing.
+
+    Data on the training device is indexed there. Data kept on the CPU for a CUDA device
+    (too large for device memory, or memory-mapped) is gathered on the CPU, pinned, and
+    copied asynchronously while the previous batch trains (one batch of prefetch).
+    """
+
+    def __init__(self, data: TabularData, device: torch.device, batch_size: int):
+        self.data, self.device, self.batch_size = data, device, batch_size
+        self.stream = data.device != device
+
+    def _fetch(self, idx: torch.Tensor):
+        b = self.data.batch(idx)
+        if not self.stream:
+            return b
+        tensors = [t.pin_memory() if self.device.type == "cuda" else t for t in (b.categorical, b.multivalent, b.dense, b.label)]
+        return type(b)(*(t.to(self.device, non_blocking=True) for t in tensors))
+
+    def epoch(self, perm: torch.Tensor, limit: int | None = None):
+        starts = list(range(0, len(perm), self.batch_size))
+        if limit is not None:
+            starts = starts[:limit]
+        if not self.stream:
+            for i in starts:
+                yield self.data.batch(perm[i : i + self.batch_size])
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            nxt = pool.submit(self._fetch, perm[starts[0] : starts[0] + self.batch_size]) if starts else None
+            for k, _ in enumerate(starts):
+                cur = nxt.result()
+                if k + 1 < len(starts):
+                    j = starts[k + 1]
+                    nxt = pool.submit(self._fetch, perm[j : j + self.batch_size])
+                yield cur
+
+
+def _place_data(data: TabularData, device: torch.device, mode) -> TabularData:
+    """Move ``data`` to the device when it fits (``"auto"``: under half of the free device memory)."""
+    if device.type == "cpu" or mode is False:
+        return data  # CPU training indexes host memory directly; mode False streams batches to the device
+    if mode is True:
+        return data.to(device)
+    free, _total = torch.cuda.mem_get_info(device) if device.type == "cuda" else (float("inf"), 0)
+    return data.to(device) if data.nbytes() < 0.5 * free else data
 
 
 def fit(
@@ -273,23 +434,36 @@ def fit(
     seed_everything(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model.to(device=device, dtype=dtype)
-    tr = train.to(device)
-    va = val.to(device) if val is not None else None
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    tr = _place_data(train, device, cfg.data_on_device)
+    va = _place_data(val, device, cfg.data_on_device) if val is not None else None
+    batches = _Batches(tr, device, cfg.batch_size)
+    sparse = _use_sparse(cfg, model)
+    model.embedding.sparse_grad = sparse
+    tables = model.embedding.tables() if sparse else []
+    table_ids = {id(p) for p in tables}
+    dense_params = [p for p in model.parameters() if id(p) not in table_ids]
+    optimizers = [torch.optim.Adam(dense_params, lr=cfg.lr, foreach=True)]
+    if tables:
+        optimizers.append(torch.optim.SparseAdam(tables, lr=cfg.lr))
     n = len(tr)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
-    sched = None
+    scheds = []
     if cfg.lr_schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))
+        scheds = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=max(1, total_steps)) for o in optimizers]
     elif cfg.lr_schedule == "plateau":
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.1, patience=1)
-    ema = _EMA(model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay else None
+        scheds = [torch.optim.lr_scheduler.ReduceLROnPlateau(o, mode="min", factor=0.1, patience=1) for o in optimizers]
+    ema = _EMA(model, cfg.ema_decay, cfg.ema_warmup, tables, total_steps) if cfg.ema_decay else None
     kernels = model.cross_kernels() if cfg.l2 > 0 else []
     key = _loss_key(task)
+    train_forward = torch.compile(model) if cfg.compile else model
+    params = list(model.parameters())
 
     def eval_model() -> torch.nn.Module:
-        return ema.module if ema is not None else model
+        if ema is None:
+            return model
+        ema.finalize()
+        return ema.module
 
     def evaluate_now(part: TabularData) -> dict[str, float]:
         m = eval_model()
@@ -309,33 +483,43 @@ def fit(
     try:
         for epoch in range(1, cfg.epochs + 1):
             model.train()
-            perm = torch.randperm(n, generator=gen).to(device)
+            perm = torch.randperm(n, generator=gen).to(tr.device)
             loss_sum = torch.zeros((), device=device, dtype=torch.float64)
             seen = 0
-            for i in range(0, n, cfg.batch_size):
-                if cfg.max_steps is not None and step >= cfg.max_steps:
-                    break
-                b = tr.batch(perm[i : i + cfg.batch_size])
+            limit = None if cfg.max_steps is None else max(0, cfg.max_steps - step)
+            for bi, b in enumerate(batches.epoch(perm, limit)):
                 with autocast:
-                    out = model(b.categorical, b.multivalent, b.dense.to(dtype))
+                    out = train_forward(b.categorical, b.multivalent, b.dense.to(dtype))
                 loss = _loss(out.to(dtype), b.label.to(dtype), task)
                 total = loss + cfg.l2 * sum(k.pow(2).sum() for k in kernels) if kernels else loss
                 if not bool(torch.isfinite(total)):
                     if best["state"] is not None:
                         model.load_state_dict(best["state"])
                     raise TrainingDivergedError(
-                        f"training loss became {float(total)} at step {step + 1} (epoch {epoch}, batch {i // cfg.batch_size + 1}); "
+                        f"training loss became {float(total)} at step {step + 1} (epoch {epoch}, batch {bi + 1}); "
                         f"last good metrics: {last_good or 'none (diverged in the first epoch)'}; "
                         + ("the model holds the best weights so far" if best["state"] is not None else "no good weights to restore")
                         + (f"; checkpoint {cfg.checkpoint} was not touched" if cfg.checkpoint else "")
                     )
-                opt.zero_grad(set_to_none=True)
+                for o in optimizers:
+                    o.zero_grad(set_to_none=True)
                 total.backward()
                 if cfg.clip_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
-                opt.step()
-                if sched is not None and cfg.lr_schedule == "cosine":
-                    sched.step()
+                    if sparse:
+                        clip_gradients(params, cfg.clip_norm)
+                    else:
+                        torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm, foreach=True)
+                elif sparse:
+                    for p in tables:
+                        if p.grad is not None:
+                            p.grad = p.grad.coalesce()
+                if ema is not None:
+                    ema.catch_up()
+                for o in optimizers:
+                    o.step()
+                if cfg.lr_schedule == "cosine":
+                    for sc in scheds:
+                        sc.step()
                 if ema is not None:
                     ema.update(model)
                 loss_sum += loss.detach().double() * b.label.shape[0]
@@ -351,7 +535,7 @@ def fit(
                 row.update({f"val_{k}": v for k, v in m.items()})
             else:
                 row["val_loss"] = math.nan
-            row["lr"] = opt.param_groups[0]["lr"]
+            row["lr"] = optimizers[0].param_groups[0]["lr"]
             row["time_s"] = time.perf_counter() - start
             rows.append(row)
             last_good = {k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()}
@@ -365,8 +549,9 @@ def fit(
                     save_checkpoint(cfg.checkpoint, model_for_ckpt, cfg, pd.DataFrame(rows))
             else:
                 bad_epochs += 1
-            if sched is not None and cfg.lr_schedule == "plateau":
-                sched.step(monitor)
+            if cfg.lr_schedule == "plateau":
+                for sc in scheds:
+                    sc.step(monitor)
             if bar is not None:
                 bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k.startswith("val_") and isinstance(v, float)})
             if callback is not None:
@@ -379,6 +564,7 @@ def fit(
     finally:
         if bar is not None:
             bar.close()
+        model.embedding.sparse_grad = False
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     model.eval()
@@ -394,5 +580,5 @@ def fit(
         config=cfg,
         stopped_early=stopped_early,
         checkpoint=str(Path(cfg.checkpoint)) if cfg.checkpoint else None,
-        summary=model.summary(),
+        summary=dict(model.summary(), sparse_embeddings=sparse),
     )

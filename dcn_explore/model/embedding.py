@@ -32,6 +32,8 @@ class FeatureEmbedding(nn.Module):
     def __init__(self, schema: Schema, init_std: float = 0.05):
         super().__init__()
         self.schema = schema
+        #: when True, lookups produce sparse row gradients (set by ``fit`` for the lazy-Adam fast path)
+        self.sparse_grad = False
         cat = schema.of_kind("categorical")
         mv = schema.of_kind("multivalent")
         self.n_dense = len(schema.of_kind("dense"))
@@ -76,6 +78,10 @@ class FeatureEmbedding(nn.Module):
         self.identity_order = bool(torch.equal(perm, torch.arange(schema.d)))
         self.register_buffer("perm", perm, persistent=False)
 
+    def tables(self) -> list[torch.nn.Parameter]:
+        """All embedding tables (the parameters that receive row-sparse gradients)."""
+        return list(self.cat_tables) + list(self.mv_tables)
+
     def table(self, name: str) -> torch.Tensor:
         """The embedding rows of one id feature, ``(vocab_size, width)`` (a view into the shared table)."""
         kind, t, off = self._where[name]
@@ -89,11 +95,11 @@ class FeatureEmbedding(nn.Module):
         for t, (width, n) in enumerate(self._cat_groups):
             cols = getattr(self, f"cat_cols_{t}")
             ids = categorical.index_select(1, cols) + getattr(self, f"cat_offsets_{t}")
-            parts.append(F.embedding(ids, self.cat_tables[t]).reshape(B, n * width))
+            parts.append(F.embedding(ids, self.cat_tables[t], sparse=self.sparse_grad).reshape(B, n * width))
         for t, (width, n, pad) in enumerate(self._mv_groups):
             sel = multivalent.index_select(1, getattr(self, f"mv_cols_{t}"))  # (B, n, L)
             ids = torch.where(sel == 0, pad, sel + getattr(self, f"mv_offsets_{t}")[None, :, None])
-            bag = F.embedding_bag(ids.reshape(B * n, -1), self.mv_tables[t], mode="mean", padding_idx=pad)
+            bag = F.embedding_bag(ids.reshape(B * n, -1), self.mv_tables[t], mode="mean", padding_idx=pad, sparse=self.sparse_grad)
             parts.append(bag.reshape(B, n * width))
         if self.n_dense:
             parts.append(dense.to(parts[0].dtype if parts else dense.dtype))

@@ -1,0 +1,108 @@
+"""The fast training paths give the same results as the plain ones: row-sparse embeddings with an
+exactly-kept lazy moving average, sparse-aware gradient clipping, streamed batches."""
+
+import pytest
+import torch
+
+import dcn_explore as dx
+from dcn_explore.train import _EMA, _Batches, clip_gradients
+
+
+class TwoPart(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.randn(10, 3))
+        self.w = torch.nn.Parameter(torch.randn(3))
+
+
+def test_lazy_ema_of_row_sparse_tables_equals_the_dense_average():
+    torch.manual_seed(0)
+    m = TwoPart()
+    ema = _EMA(m, decay=0.9, warmup=True, lazy_tables=[m.table], max_updates=50)
+    ref = None
+    rng = torch.Generator().manual_seed(1)
+    for step in range(1, 31):
+        rows = torch.unique(torch.randint(0, 10, (3,), generator=rng))
+        m.table.grad = torch.sparse_coo_tensor(rows[None], torch.ones(len(rows), 3), (10, 3), check_invariants=True).coalesce()
+        ema.catch_up()
+        with torch.no_grad():  # "optimizer step": only the touched rows and the dense part change
+            m.table[rows] += torch.randn(len(rows), 3, generator=rng)
+            m.w += 0.1
+        ema.update(m)
+        d = min(0.9, (1 + step) / (10 + step))
+        cur = torch.cat([m.table.detach().flatten(), m.w.detach()])
+        ref = cur.clone() if ref is None else d * ref + (1 - d) * cur
+    ema.finalize()
+    got = torch.cat([ema.module.table.detach().flatten(), ema.module.w.detach()])
+    assert torch.allclose(got, ref, atol=1e-6)
+
+
+def test_sparse_aware_clipping_matches_clip_grad_norm():
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(6, 2))
+    b = torch.nn.Parameter(torch.randn(4))
+    dense_grad_a = torch.zeros(6, 2)
+    rows = torch.tensor([1, 4, 1])  # an uncoalesced duplicate row
+    vals = torch.randn(3, 2) * 10
+    dense_grad_a.index_add_(0, rows, vals)
+    gb = torch.randn(4) * 10
+    a.grad, b.grad = torch.sparse_coo_tensor(rows[None], vals, (6, 2), check_invariants=True), gb.clone()
+    norm = clip_gradients([a, b], 1.0)
+    a2, b2 = torch.nn.Parameter(a.detach().clone()), torch.nn.Parameter(b.detach().clone())
+    a2.grad, b2.grad = dense_grad_a.clone(), gb.clone()
+    ref_norm = torch.nn.utils.clip_grad_norm_([a2, b2], 1.0)
+    assert float(norm) == pytest.approx(float(ref_norm), rel=1e-6)
+    assert torch.allclose(a.grad.to_dense(), a2.grad, atol=1e-6) and torch.allclose(b.grad, b2.grad, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def parts():
+    return dx.data.planted_crosses(n_samples=6000, seed=0).split((0.8, 0.1, 0.1), seed=0)
+
+
+def test_sparse_embedding_path_trains_the_same_model_family_to_similar_quality(parts):
+    train, val, test = parts
+    res = {}
+    for sparse in (False, True):
+        m = dx.DCNv2(train.schema, dx.DCNConfig(cross="full", cross_layers=1, deep_layers=(32,)), seed=0)
+        r = dx.fit(m, train, val, dx.TrainConfig(epochs=4, progress=False, sparse_embeddings=sparse))
+        assert r.summary["sparse_embeddings"] is sparse
+        assert not m.embedding.sparse_grad  # the switch does not leak out of fit
+        res[sparse] = dx.evaluate(m, test)
+    assert abs(res[True]["logloss"] - res[False]["logloss"]) < 0.02
+    assert abs(res[True]["auc"] - res[False]["auc"]) < 0.02
+
+
+def test_sparse_auto_threshold():
+    from dcn_explore.train import SPARSE_AUTO_MIN_PARAMS, _use_sparse
+
+    small = dx.DCNv2(dx.data.planted_crosses(n_samples=50).schema, dx.DCNConfig(cross_layers=1, deep_layers=(4,)))
+    assert small.num_parameters("embedding") < SPARSE_AUTO_MIN_PARAMS
+    assert not _use_sparse(dx.TrainConfig(), small) and _use_sparse(dx.TrainConfig(sparse_embeddings=True), small)
+
+
+def test_multivalent_features_train_on_the_sparse_path():
+    import pandas as pd
+
+    df = pd.DataFrame({"u": [i % 7 for i in range(400)], "tags": ["a|b", "c", "", "b|c|d"] * 100,
+                       "y": [i % 2 for i in range(400)]})
+    ds = dx.data.from_frame(df, label="y", categorical=["u"], multivalent=["tags"])
+    m = dx.DCNv2(ds.schema, dx.DCNConfig(cross_layers=1, structure="cross_only"), seed=0)
+    before = m.embedding.mv_tables[0].detach().clone()
+    dx.fit(m, ds, None, dx.TrainConfig(epochs=1, batch_size=64, progress=False, sparse_embeddings=True))
+    after = m.embedding.mv_tables[0].detach()
+    pad = m.embedding._mv_groups[0][2]
+    assert not torch.equal(before[:pad], after[:pad])
+    assert torch.count_nonzero(after[pad]) == 0  # the padding row stays zero
+
+
+def test_streamed_batches_equal_indexed_batches(parts):
+    train, _, _ = parts
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    direct = list(_Batches(train, torch.device("cpu"), 700).epoch(perm))
+    streamed_src = _Batches(train, torch.device("cpu"), 700)
+    streamed_src.stream = True  # force the prefetching path (a thread gathers the next batch)
+    streamed = list(streamed_src.epoch(perm))
+    assert len(direct) == len(streamed) == -(-len(train) // 700)
+    for a, b in zip(direct, streamed):
+        assert torch.equal(a.categorical, b.categorical) and torch.equal(a.label, b.label)
