@@ -5,6 +5,8 @@ A source spec is a string:
 - ``planted`` — :func:`~dcn_explore.data.planted_crosses` (the built-in default)
 - ``polynomial:KIND`` — :func:`~dcn_explore.data.paper_polynomial` (``f1``, ``f2``, ``f3``, ``combined``, ``order3``, ``order4``)
 - ``movielens:100k`` / ``movielens:1m`` — :func:`~dcn_explore.data.movielens` (the paper's protocol)
+- ``criteo:PATH[,PATH...]`` — :func:`~dcn_explore.data.criteo_dataset` (Kaggle ``train.txt`` or day files; all rows,
+  memory-mapped; the paper's day split in ``meta["splits"]``, see :func:`~dcn_explore.data.split_by_day`)
 - ``csv:PATH`` — a CSV file through :func:`~dcn_explore.data.from_frame` (needs ``label`` and column lists)
 
 >>> load_source("planted", n_samples=100).name
@@ -12,7 +14,7 @@ A source spec is a string:
 >>> load_source("nope")
 Traceback (most recent call last):
 ...
-dcn_explore.errors.ConfigError: data source 'nope' is unknown; use planted, polynomial:KIND, movielens:100k|1m or csv:PATH
+dcn_explore.errors.ConfigError: data source 'nope' is unknown; use planted, polynomial:KIND, movielens:100k|1m, criteo:PATH[,PATH...] or csv:PATH
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 from ..errors import ConfigError, DataError
 from .dataset import TabularData
 
-SPECS = "planted, polynomial:KIND, movielens:100k|1m or csv:PATH"
+SPECS = "planted, polynomial:KIND, movielens:100k|1m, criteo:PATH[,PATH...] or csv:PATH"
 
 
 def load_source(spec: str, seed: int = 0, n_samples: int | None = None, root: str | None = None, **csv_options: Any) -> TabularData:
@@ -41,6 +43,13 @@ def load_source(spec: str, seed: int = 0, n_samples: int | None = None, root: st
         from .movielens import movielens
 
         return movielens(arg or "100k", root=root)
+    if kind == "criteo":
+        from .criteo import criteo_dataset
+
+        paths = [p for p in arg.split(",") if p]
+        if not paths:
+            raise ConfigError("criteo source: give the file(s): criteo:PATH/train.txt or criteo:day_0,day_1,...")
+        return criteo_dataset(paths, max_rows=n_samples)
     if kind == "csv":
         import pandas as pd
 
