@@ -157,26 +157,44 @@ def cmd_quickstart(args) -> int:
 
 def cmd_train(args) -> int:
     from ._io import write_json_atomic, write_text_atomic
+    from .data.criteo import split_by_day
     from .model import DCNv2
     from .train import evaluate, fit
 
-    from .data.criteo import split_by_day
+    main_process = True
+    if args.distributed:
+        from . import distributed
 
-    out = Path(args.out)
-    ds = _load(args)
-    # Criteo: the paper's day-based split (no copy of the memory-mapped arrays); otherwise random 80/10/10
-    train, val, test = split_by_day(ds) if "splits" in ds.meta else ds.split((0.8, 0.1, 0.1), seed=args.split_seed)
-    cfg = _model_config(args)
-    model = DCNv2(ds.schema, cfg, seed=args.seed)
-    print(f"data: {ds.name} ({len(ds)} examples, d={model.d}); model: {cfg.label()}, {model.num_parameters():,} parameters")
-    result = fit(model, train, val, _train_config(args, checkpoint=str(out / "model.pt")))
-    metrics = evaluate(model, test)
-    _print_table(result.history)
-    print("test:", {k: round(v, 5) for k, v in metrics.items()})
-    write_text_atomic(out / "history.csv", result.history.to_csv(index=False))
-    write_json_atomic(out / "metrics.json", {"test": metrics, "model": model.summary(), "train_time_s": result.train_time_s})
-    print(f"wrote {out / 'model.pt'}, {out / 'history.csv'}, {out / 'metrics.json'}")
-    return 0
+        rank, world = distributed.init()
+        main_process = rank == 0
+    try:
+        out = Path(args.out)
+        ds = _load(args)
+        # Criteo: the paper's day-based split (no copy of the memory-mapped arrays); otherwise random 80/10/10
+        train, val, test = split_by_day(ds) if "splits" in ds.meta else ds.split((0.8, 0.1, 0.1), seed=args.split_seed)
+        cfg = _model_config(args)
+        model = DCNv2(ds.schema, cfg, seed=args.seed)
+        if main_process:
+            print(f"data: {ds.name} ({len(ds)} examples, d={model.d}); model: {cfg.label()}, {model.num_parameters():,} parameters")
+        tc = _train_config(args, checkpoint=str(out / "model.pt"), distributed=bool(args.distributed))
+        if not main_process:
+            tc = tc.replace(progress=False)
+        result = fit(model, train, val, tc)
+        if not main_process:
+            return 0
+        metrics = evaluate(model, test)
+        _print_table(result.history)
+        print("test:", {k: round(v, 5) for k, v in metrics.items()})
+        write_text_atomic(out / "history.csv", result.history.to_csv(index=False))
+        write_json_atomic(out / "metrics.json", {"test": metrics, "model": model.summary(), "train_time_s": result.train_time_s,
+                                                 "processes": result.summary.get("processes", 1)})
+        print(f"wrote {out / 'model.pt'}, {out / 'history.csv'}, {out / 'metrics.json'}")
+        return 0
+    finally:
+        if args.distributed:
+            from . import distributed
+
+            distributed.shutdown()
 
 
 def cmd_crosses(args) -> int:
@@ -217,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train one model and save a checkpoint")
     t.add_argument("--out", required=True, help="output folder for model.pt, history.csv, metrics.json")
+    t.add_argument("--distributed", action="store_true",
+                   help="DistributedDataParallel over a torchrun launch: torchrun --nproc_per_node=N -m dcn_explore.cli train --distributed ...")
     _add_data_args(t)
     _add_model_args(t)
     _add_train_args(t)

@@ -64,6 +64,9 @@ class TrainConfig:
     - ``compile``: run the training forward through ``torch.compile``.
     - ``data_on_device``: ``"auto"`` moves data to a CUDA device when it takes under half of the
       free memory, else streams pinned batches from host (or memory-mapped) memory.
+    - ``distributed``: train with ``DistributedDataParallel`` over the processes of a ``torchrun``
+      launch (see :mod:`dcn_explore.distributed`); ``"auto"`` = when a process group with more
+      than one process is initialised. ``batch_size`` is then the global batch.
     """
 
     epochs: int = 20
@@ -86,6 +89,7 @@ class TrainConfig:
     sparse_embeddings: Any = "auto"
     compile: bool = False
     data_on_device: Any = "auto"
+    distributed: Any = "auto"
 
     def __post_init__(self):
         def bad(name, why):
@@ -126,6 +130,8 @@ class TrainConfig:
             bad("data_on_device", "allowed: 'auto', True, False")
         if not isinstance(self.compile, bool):
             bad("compile", "must be True or False")
+        if self.distributed not in ("auto", True, False):
+            bad("distributed", "allowed: 'auto', True, False")
 
     def replace(self, **changes) -> "TrainConfig":
         unknown = sorted(set(changes) - {f.name for f in fields(self)})
@@ -366,23 +372,32 @@ class _Batches:
         tensors = [t.pin_memory() if self.device.type == "cuda" else t for t in (b.categorical, b.multivalent, b.dense, b.label)]
         return type(b)(*(t.to(self.device, non_blocking=True) for t in tensors))
 
-    def epoch(self, perm: torch.Tensor, limit: int | None = None):
-        starts = list(range(0, len(perm), self.batch_size))
+    def epoch(self, perm: torch.Tensor, limit: int | None = None, rank: int = 0, world: int = 1):
+        """Batches of ``perm``; with ``world > 1`` this rank's ``1/world`` of each global batch
+        (and only whole global batches, so every rank takes the same number of steps)."""
+        if world > 1:
+            local = self.batch_size // world
+            perm = torch.cat([perm[i + rank * local : i + (rank + 1) * local]
+                              for i in range(0, len(perm) - self.batch_size + 1, self.batch_size)] or [perm[:0]])
+            size = local
+        else:
+            size = self.batch_size
+        starts = list(range(0, len(perm), size))
         if limit is not None:
             starts = starts[:limit]
         if not self.stream:
             for i in starts:
-                yield self.data.batch(perm[i : i + self.batch_size])
+                yield self.data.batch(perm[i : i + size])
             return
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=1) as pool:
-            nxt = pool.submit(self._fetch, perm[starts[0] : starts[0] + self.batch_size]) if starts else None
+            nxt = pool.submit(self._fetch, perm[starts[0] : starts[0] + size]) if starts else None
             for k, _ in enumerate(starts):
                 cur = nxt.result()
                 if k + 1 < len(starts):
                     j = starts[k + 1]
-                    nxt = pool.submit(self._fetch, perm[j : j + self.batch_size])
+                    nxt = pool.submit(self._fetch, perm[j : j + size])
                 yield cur
 
 
@@ -429,6 +444,24 @@ def fit(
     task = train.task
     model.task = task
     device = resolve_device(cfg.device)
+    from . import distributed as dist_mod
+
+    use_ddp = dist_mod.active() if cfg.distributed == "auto" else bool(cfg.distributed)
+    rank, world = 0, 1
+    if use_ddp:
+        if not dist_mod.active():
+            raise ConfigError("TrainConfig.distributed=True: no process group with more than one process; launch with torchrun "
+                              "and call dcn_explore.distributed.init() first")
+        rank, world = dist_mod.rank(), dist_mod.world_size()
+        if cfg.batch_size % world:
+            raise ConfigError(f"TrainConfig.batch_size={cfg.batch_size}: the global batch must divide evenly over {world} processes")
+        if cfg.sparse_embeddings is True:
+            raise ConfigError("TrainConfig.sparse_embeddings=True is not supported with distributed training (DDP syncs dense gradients)")
+        if len(train) < cfg.batch_size:
+            raise DataError(f"{train.name}: {len(train)} rows are fewer than one global batch ({cfg.batch_size}) for distributed training")
+        if device.type == "cuda":
+            device = dist_mod.local_device()
+    main_process = rank == 0
     dtype = DTYPES[cfg.dtype]
     use_amp = device.type == "cuda" and (cfg.amp is True or cfg.amp == "auto") and dtype == torch.float32
     seed_everything(cfg.seed)
@@ -437,7 +470,7 @@ def fit(
     tr = _place_data(train, device, cfg.data_on_device)
     va = _place_data(val, device, cfg.data_on_device) if val is not None else None
     batches = _Batches(tr, device, cfg.batch_size)
-    sparse = _use_sparse(cfg, model)
+    sparse = _use_sparse(cfg, model) and not use_ddp
     model.embedding.sparse_grad = sparse
     tables = model.embedding.tables() if sparse else []
     table_ids = {id(p) for p in tables}
@@ -446,7 +479,7 @@ def fit(
     if tables:
         optimizers.append(torch.optim.SparseAdam(tables, lr=cfg.lr))
     n = len(tr)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    steps_per_epoch = n // cfg.batch_size if use_ddp else math.ceil(n / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
     scheds = []
     if cfg.lr_schedule == "cosine":
@@ -456,7 +489,14 @@ def fit(
     ema = _EMA(model, cfg.ema_decay, cfg.ema_warmup, tables, total_steps) if cfg.ema_decay else None
     kernels = model.cross_kernels() if cfg.l2 > 0 else []
     key = _loss_key(task)
-    train_forward = torch.compile(model) if cfg.compile else model
+    train_forward = model
+    if use_ddp:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        train_forward = torch.compile(train_forward)
+    va_shard = va.subset(torch.arange(rank, len(va), world)) if (use_ddp and va is not None) else va
     params = list(model.parameters())
 
     def eval_model() -> torch.nn.Module:
@@ -467,10 +507,13 @@ def fit(
 
     def evaluate_now(part: TabularData) -> dict[str, float]:
         m = eval_model()
-        return metrics_from_outputs(predict(m, part, cfg.eval_batch_size, device), part.label, task)
+        out = predict(m, part, cfg.eval_batch_size, device)
+        if use_ddp:  # every rank scored its shard; all ranks compute the metrics of the whole set
+            return metrics_from_outputs(dist_mod.gather_cat(out), dist_mod.gather_cat(part.label.cpu()), task)
+        return metrics_from_outputs(out, part.label, task)
 
     bar = None
-    if cfg.progress:
+    if cfg.progress and main_process:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total_steps, desc=f"train {model.config.label()}", unit="step", leave=False)
@@ -487,12 +530,15 @@ def fit(
             loss_sum = torch.zeros((), device=device, dtype=torch.float64)
             seen = 0
             limit = None if cfg.max_steps is None else max(0, cfg.max_steps - step)
-            for bi, b in enumerate(batches.epoch(perm, limit)):
+            for bi, b in enumerate(batches.epoch(perm, limit, rank, world)):
                 with autocast:
                     out = train_forward(b.categorical, b.multivalent, b.dense.to(dtype))
                 loss = _loss(out.to(dtype), b.label.to(dtype), task)
                 total = loss + cfg.l2 * sum(k.pow(2).sum() for k in kernels) if kernels else loss
-                if not bool(torch.isfinite(total)):
+                finite = bool(torch.isfinite(total))
+                if use_ddp:
+                    finite = dist_mod.all_true(finite, device)
+                if not finite:
                     if best["state"] is not None:
                         model.load_state_dict(best["state"])
                     raise TrainingDivergedError(
@@ -527,10 +573,13 @@ def fit(
                 step += 1
                 if bar is not None:
                     bar.update(1)
+            if use_ddp:
+                totals = dist_mod.all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(seen), device=device, dtype=torch.float64)]))
+                loss_sum, seen = totals[0], int(totals[1])
             train_loss = float(loss_sum) / max(seen, 1)
             row = {"epoch": epoch, "step": step, "train_loss": train_loss}
             if va is not None:
-                m = evaluate_now(va)
+                m = evaluate_now(va_shard)
                 row["val_loss"] = m[key]
                 row.update({f"val_{k}": v for k, v in m.items()})
             else:
@@ -543,7 +592,7 @@ def fit(
             if monitor < best["value"]:
                 best.update(value=monitor, epoch=epoch, state=_state_copy(eval_model()), metrics=dict(row))
                 bad_epochs = 0
-                if cfg.checkpoint:
+                if cfg.checkpoint and main_process:
                     model_for_ckpt = eval_model()
                     model_for_ckpt.task = task
                     save_checkpoint(cfg.checkpoint, model_for_ckpt, cfg, pd.DataFrame(rows))
@@ -580,5 +629,5 @@ def fit(
         config=cfg,
         stopped_early=stopped_early,
         checkpoint=str(Path(cfg.checkpoint)) if cfg.checkpoint else None,
-        summary=dict(model.summary(), sparse_embeddings=sparse),
+        summary=dict(model.summary(), sparse_embeddings=sparse, processes=world),
     )
