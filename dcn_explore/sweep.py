@@ -149,6 +149,8 @@ def sweep(
     callback: Callable[[dict], Any] | None = None,
     save_models: bool = True,
     batched: bool = False,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> pd.DataFrame:
     """Train ``base`` modified by every point of ``grid`` (any DCNConfig/TrainConfig fields) for each seed.
 
@@ -156,10 +158,21 @@ def sweep(
     ``params``, ``flops``, ``train_time_s``, ``epochs``, ``top_crosses`` (strings ``"a×b:norm"``),
     ``run_id`` and ``reused`` (True when the run was read back from ``results_dir``).
     ``callback(row)`` is called as each run finishes (or is reused).
+    ``batched=True`` trains runs that differ only in seed and rank together (:mod:`dcn_explore.batched`);
+    ``engine="ray"`` spreads the runs over a Ray cluster as Ray Tune trials (:mod:`dcn_explore.cluster`).
     """
     base = base or DCNConfig()
     train = (train or TrainConfig()).replace(progress=False)
     specs = expand(base, grid or {}, train, seeds)
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"engine={engine!r}; allowed: local, ray")
+    if engine == "ray":
+        if batched:
+            raise ConfigError("engine='ray' runs one trial per run; batched=True is for the local engine")
+        from .cluster import sweep_ray
+
+        return sweep_ray(data, specs, results_dir, split=split, split_seed=split_seed, top_k=top_k, callback=callback,
+                         ray_address=ray_address)
     if batched:
         from .batched import sweep_batched
 
