@@ -218,6 +218,52 @@ def cmd_crosses(args) -> int:
     return 0
 
 
+def _parse_value(v: str):
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(v.lower(), v)
+
+
+def _parse_grid(items: list[str]) -> dict:
+    from .errors import ConfigError
+
+    grid = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        if not sep or not name or not values:
+            raise ConfigError(f"--grid {item!r}: expected FIELD=V1,V2,... (e.g. rank=4,8,16)")
+        if name in grid:
+            raise ConfigError(f"--grid {name!r} is given twice")
+        vals = [_parse_value(v.strip()) for v in values.split(",")]
+        grid[name] = [tuple(int(x) for x in str(v).split(":")) if name == "deep_layers" else v for v in vals]
+    return grid
+
+
+def cmd_sweep(args) -> int:
+    from ._io import write_text_atomic
+    from .sweep import sweep
+
+    ds = _load(args)
+    grid = _parse_grid(args.grid)
+    base = _model_config(args)
+    out = Path(args.results)
+    df = sweep(ds, base, grid, seeds=args.seeds, train=_train_config(args), results_dir=out, batched=args.batched,
+               engine=args.engine, progress=not args.no_progress, split_seed=args.split_seed)
+    metric = "test_logloss" if "test_logloss" in df else "test_rmse"
+    cols = [c for c in [*grid, "seed", "model", metric, "test_auc", "params", "flops", "train_time_s", "reused"] if c in df]
+    _print_table(df[cols])
+    if grid:
+        summary = df.groupby(list(grid), dropna=False)[metric].agg(["mean", "std", "count"]).reset_index()
+        print(f"\n{metric} over seeds:")
+        _print_table(summary)
+    write_text_atomic(out / "results.csv", df.to_csv(index=False))
+    print(f"\nwrote {out / 'results.csv'} and one record + checkpoint per run under {out / 'runs'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dcn-explore", description="Train DCN-V2 models and see which feature crosses they learned.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -254,6 +300,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tol", type=float, default=0.01, help="tolerance T of the numerical rank")
     c.set_defaults(func=cmd_crosses)
 
+    w = sub.add_parser("sweep", help="train a grid of configurations x seeds; resumable; one tidy table")
+    w.add_argument("--results", default=str(DEFAULT_RUNS / "sweep"), help="results folder (default: %(default)s)")
+    w.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2",
+                   help="a swept DCNConfig/TrainConfig field, repeatable (e.g. --grid rank=4,8,16 --grid experts=1,4)")
+    w.add_argument("--seeds", type=int, default=3)
+    w.add_argument("--batched", action="store_true", help="train runs that differ in seed/rank together")
+    w.add_argument("--engine", default="local", choices=["local", "ray"])
+    _add_data_args(w)
+    _add_model_args(w)
+    _add_train_args(w)
+    w.set_defaults(func=cmd_sweep)
     return p
 
 

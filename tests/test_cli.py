@@ -76,3 +76,23 @@ def test_tampered_checkpoint_via_cli(tmp_path, capsys):
 def test_console_entry_point_runs():
     r = subprocess.run([sys.executable, "-m", "dcn_explore.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "quickstart" in r.stdout
+
+
+def test_sweep_command_writes_a_tidy_table_and_resumes(tmp_path, capsys):
+    args = ["sweep", "--results", str(tmp_path / "s"), "--samples", "1500", "--cross", "low_rank", "--rank", "2",
+            "--structure", "cross_only", "--cross-layers", "1", "--grid", "rank=2,4", "--seeds", "2", "--epochs", "1",
+            "--no-progress"]
+    assert main(args) == 0
+    first = pd.read_csv(tmp_path / "s" / "results.csv")
+    assert len(first) == 4 and set(first["rank"]) == {2, 4} and not first.reused.any()
+    assert {"test_logloss", "test_auc", "params", "flops", "train_time_s", "top_crosses"} <= set(first.columns)
+    assert "test_logloss over seeds" in capsys.readouterr().out
+    assert main(args) == 0
+    assert pd.read_csv(tmp_path / "s" / "results.csv").reused.all()
+
+
+def test_sweep_grid_errors_are_named(tmp_path, capsys):
+    assert main(["sweep", "--results", str(tmp_path), "--grid", "rank"]) == 2
+    assert "expected FIELD=V1,V2" in capsys.readouterr().err
+    assert main(["sweep", "--results", str(tmp_path), "--grid", "colour=1,2", "--samples", "500"]) == 2
+    assert "'colour' is not a DCNConfig or TrainConfig field" in capsys.readouterr().err
