@@ -38,11 +38,10 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from ._io import write_json_atomic
 from .checkpoint import save_checkpoint
-from .crosses import crosses
 from .data.dataset import TabularData
 from .errors import TrainingDivergedError
 from .model.dcn import DCNv2
-from .train import DTYPES, SPARSE_AUTO_MIN_PARAMS, _loss, _loss_key, metrics_from_outputs, evaluate
+from .train import DTYPES, SPARSE_AUTO_MIN_PARAMS, _loss_key, metrics_from_outputs, resolve_device
 
 
 def group_key(spec: dict) -> str:
@@ -99,8 +98,7 @@ def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> 
     """Train the runs of one group together; returns per run ``model``, ``history``, ``best_epoch``, ``train_time_s``."""
     cfg0, tc = specs[0]["model"], specs[0]["train"]
     G = len(specs)
-    device = torch.device("cpu") if tc.device == "auto" and not torch.cuda.is_available() else (
-        torch.device("cuda") if tc.device == "auto" else torch.device(tc.device))
+    device = resolve_device(tc.device)
     dtype = DTYPES[tc.dtype]
     task = train.task
     models = [DCNv2(train.schema, s["model"], task=task, seed=s["seed"]) for s in specs]
@@ -229,7 +227,7 @@ def sweep_batched(data: TabularData, specs: Sequence[dict], results_dir=None, sp
                   top_k: int = 10, progress: bool = True, callback: Callable[[dict], Any] | None = None) -> pd.DataFrame:
     """``dx.sweep(..., batched=True)``: like the one-by-one sweep (same records, same resume rules), but
     each group of compatible runs is trained as one stacked model."""
-    from .sweep import _row, data_fingerprint, run_id, run_one
+    from .sweep import _row, data_fingerprint, make_record, run_id, run_one
 
     tr, va, te = data.split(split, seed=split_seed)
     fp = data_fingerprint(data)
@@ -288,19 +286,8 @@ def sweep_batched(data: TabularData, specs: Sequence[dict], results_dir=None, sp
                 m = res["model"]
                 if out_dir is not None:
                     save_checkpoint(out_dir / f"{ids[i]}.pt", m, specs[i]["train"], res["history"])
-                top = []
-                if m.cross is not None:
-                    t = crosses(m).top(k=top_k, aggregate=True)
-                    top = [f"{a}×{b}:{n:.4g}" for a, b, n in zip(t.feature_a, t.feature_b, t.norm)]
-                rec = {
-                    "point": specs[i]["point"], "seed": specs[i]["seed"], "model_label": specs[i]["model"].label(),
-                    "model_config": specs[i]["model"].to_dict(), "train_config": specs[i]["train"].to_dict(),
-                    "test": evaluate(m, te), "val": evaluate(m, va), "params": m.num_parameters(),
-                    "flops": m.flops_per_example(), "train_time_s": res["train_time_s"], "epochs": len(res["history"]),
-                    "best_epoch": res["best_epoch"], "top_crosses": top,
-                    "history": json.loads(res["history"].to_json(orient="records")), "device": res["device"],
-                    "batched_group_size": res["group_size"], "finished_at": time.time(),
-                }
+                rec = make_record(specs[i], m, res["history"], res["best_epoch"], res["train_time_s"], res["device"], va, te,
+                                  top_k, batched_group_size=res["group_size"])
                 finish(i, rec)
     finally:
         if bar is not None:

@@ -115,11 +115,9 @@ def _row(record: dict) -> dict:
     return row
 
 
-def run_one(train_set: TabularData, val_set: TabularData, test_set: TabularData, spec: dict, top_k: int = 10,
-            checkpoint: str | None = None) -> dict:
-    """Train one configuration and summarise it as a JSON-serialisable record."""
-    model = DCNv2(train_set.schema, spec["model"], seed=spec["seed"])
-    res = fit(model, train_set, val_set, spec["train"].replace(checkpoint=checkpoint))
+def make_record(spec: dict, model: DCNv2, history: pd.DataFrame, best_epoch: int, train_time_s: float, device: str,
+                val_set: TabularData, test_set: TabularData, top_k: int = 10, **extra) -> dict:
+    """The JSON-serialisable summary of one finished run (what ``results_dir/runs/<run_id>.json`` holds)."""
     top = []
     if model.cross is not None:
         t = crosses(model).top(k=top_k, aggregate=True)
@@ -129,10 +127,18 @@ def run_one(train_set: TabularData, val_set: TabularData, test_set: TabularData,
         "model_config": spec["model"].to_dict(), "train_config": spec["train"].to_dict(),
         "test": evaluate(model, test_set), "val": evaluate(model, val_set),
         "params": model.num_parameters(), "flops": model.flops_per_example(),
-        "train_time_s": res.train_time_s, "epochs": len(res.history), "best_epoch": res.best_epoch,
-        "top_crosses": top, "history": json.loads(res.history.to_json(orient="records")), "device": res.device,
-        "finished_at": time.time(),
+        "train_time_s": train_time_s, "epochs": len(history), "best_epoch": best_epoch,
+        "top_crosses": top, "history": json.loads(history.to_json(orient="records")), "device": device,
+        "finished_at": time.time(), **extra,
     }
+
+
+def run_one(train_set: TabularData, val_set: TabularData, test_set: TabularData, spec: dict, top_k: int = 10,
+            checkpoint: str | None = None) -> dict:
+    """Train one configuration and summarise it as a JSON-serialisable record."""
+    model = DCNv2(train_set.schema, spec["model"], seed=spec["seed"])
+    res = fit(model, train_set, val_set, spec["train"].replace(checkpoint=checkpoint))
+    return make_record(spec, model, res.history, res.best_epoch, res.train_time_s, res.device, val_set, test_set, top_k)
 
 
 def sweep(
