@@ -61,7 +61,9 @@ class TrainConfig:
       (``torch.optim.SparseAdam``: only the rows a batch touches are updated; their moving
       average is kept exactly, see ``_EMA``). ``"auto"`` = on when the tables hold at least
       ``SPARSE_AUTO_MIN_PARAMS`` parameters, where dense Adam over every row dominates a step.
-    - ``compile``: run the training forward through ``torch.compile``.
+    - ``compile``: run the training forward through ``torch.compile`` (``True`` = the default
+      inductor backend; a string names another backend, e.g. ``"aot_eager"``). Compiling costs
+      tens of seconds up front, so it pays off on long runs only (see ``benchmarks/speed.py``).
     - ``data_on_device``: ``"auto"`` moves data to a CUDA device when it takes under half of the
       free memory, else streams pinned batches from host (or memory-mapped) memory.
     - ``distributed``: train with ``DistributedDataParallel`` over the processes of a ``torchrun``
@@ -87,7 +89,7 @@ class TrainConfig:
     checkpoint: str | None = None
     max_steps: int | None = None
     sparse_embeddings: Any = "auto"
-    compile: bool = False
+    compile: Any = False
     data_on_device: Any = "auto"
     distributed: Any = "auto"
 
@@ -128,8 +130,8 @@ class TrainConfig:
             bad("sparse_embeddings", "allowed: 'auto', True, False")
         if self.data_on_device not in ("auto", True, False):
             bad("data_on_device", "allowed: 'auto', True, False")
-        if not isinstance(self.compile, bool):
-            bad("compile", "must be True or False")
+        if not isinstance(self.compile, (bool, str)):
+            bad("compile", "must be True, False or a torch.compile backend name")
         if self.distributed not in ("auto", True, False):
             bad("distributed", "allowed: 'auto', True, False")
 
@@ -495,7 +497,7 @@ def fit(
 
         train_forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
-        train_forward = torch.compile(train_forward)
+        train_forward = torch.compile(train_forward, **({} if cfg.compile is True else {"backend": cfg.compile}))
     va_shard = va.subset(torch.arange(rank, len(va), world)) if (use_ddp and va is not None) else va
     params = list(model.parameters())
 

@@ -106,3 +106,13 @@ def test_streamed_batches_equal_indexed_batches(parts):
     assert len(direct) == len(streamed) == -(-len(train) // 700)
     for a, b in zip(direct, streamed):
         assert torch.equal(a.categorical, b.categorical) and torch.equal(a.label, b.label)
+
+
+def test_compiled_training_forward_gives_the_same_run(parts):
+    """torch.compile plumbing (the aot_eager backend traces forward and backward without C++ codegen)."""
+    train, val, _ = parts
+    hist = []
+    for comp in (False, "aot_eager"):
+        m = dx.DCNv2(train.schema, dx.DCNConfig(cross="low_rank", rank=4, cross_layers=1, deep_layers=(8,)), seed=0)
+        hist.append(dx.fit(m, train, val, dx.TrainConfig(epochs=1, progress=False, compile=comp)).history)
+    assert abs(hist[0].val_logloss.iloc[0] - hist[1].val_logloss.iloc[0]) < 1e-5
