@@ -45,14 +45,13 @@ class CrossLayer(nn.Module):
         self.diag_scale = float(diag_scale)
         self.b = nn.Parameter(torch.zeros(d)) if bias else None
 
-    def _finish(self, x0: torch.Tensor, xl: torch.Tensor, wx: torch.Tensor) -> torch.Tensor:
-        # x_{l+1} = x0 ⊙ (W x_l + b + α x_l) + x_l
+    def _finish(self, x0: torch.Tensor, xl: torch.Tensor, wx: torch.Tensor, bias_added: bool = False) -> torch.Tensor:
+        # x_{l+1} = x0 ⊙ (W x_l + b + α x_l) + x_l; multiply and residual add fused in one addcmul
         if self.diag_scale:
             wx = wx + self.diag_scale * xl
-        if self.b is not None:
+        if self.b is not None and not bias_added:
             wx = wx + self.b
-        out = x0 * wx
-        return out + xl if self.residual else out
+        return torch.addcmul(xl, x0, wx) if self.residual else x0 * wx
 
     def kernels(self) -> list[torch.Tensor]:
         """The weights the paper's L2 term ``λ Σ‖W_l‖²`` applies to (Sec. 3.4)."""
@@ -77,7 +76,7 @@ class FullCross(CrossLayer):
         self.W = nn.Parameter(he_normal_(torch.empty(d, d), d))
 
     def forward(self, x0: torch.Tensor, xl: torch.Tensor) -> torch.Tensor:
-        return self._finish(x0, xl, F.linear(xl, self.W))
+        return self._finish(x0, xl, F.linear(xl, self.W, self.b), bias_added=True)  # W x_l + b in one addmm
 
     def kernels(self):
         return [self.W]
@@ -101,7 +100,7 @@ class LowRankCross(CrossLayer):
         self.V = nn.Parameter(he_normal_(torch.empty(d, rank), d))
 
     def forward(self, x0, xl):
-        return self._finish(x0, xl, (xl @ self.V) @ self.U.T)
+        return self._finish(x0, xl, F.linear(xl @ self.V, self.U, self.b), bias_added=True)
 
     def kernels(self):
         return [self.U, self.V]
@@ -163,9 +162,8 @@ class MixtureCross(CrossLayer):
         if self.diag_scale:
             wx = wx + self.diag_scale * gates.sum(-1, keepdim=True) * xl
         if self.b is not None:
-            wx = wx + gates.sum(-1, keepdim=True) * self.b
-        out = x0 * wx
-        return out + xl if self.residual else out
+            wx = wx + (self.b if self.G is None and K == 1 else gates.sum(-1, keepdim=True) * self.b)
+        return torch.addcmul(xl, x0, wx) if self.residual else x0 * wx
 
     def kernels(self):
         return [self.U, self.V, self.C]

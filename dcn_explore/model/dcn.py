@@ -38,7 +38,7 @@ class DeepNetwork(nn.Module):
             lin = nn.Linear(d_in, w)
             he_normal_(lin.weight, d_in)
             nn.init.zeros_(lin.bias)
-            mods += [lin, nn.ReLU()]
+            mods += [lin, nn.ReLU(inplace=True)]
             if dropout:
                 mods.append(nn.Dropout(dropout))
             d_in = w
