@@ -13,6 +13,7 @@ from . import data, errors
 from .checkpoint import load_checkpoint, save_checkpoint
 from .crosses import CrossReport, crosses
 from .sweep import sweep
+from .tune import TuneResult, tune
 from .errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
 from .model import DCNConfig, DCNv2
 from .schema import FeatureSpec, Schema
@@ -23,5 +24,5 @@ __version__ = "0.1.0"
 __all__ = [
     "data", "errors", "load_checkpoint", "save_checkpoint", "CrossReport", "crosses", "CheckpointError",
     "ConfigError", "DataError", "TrainingDivergedError", "DCNConfig", "DCNv2", "FeatureSpec", "Schema",
-    "TrainConfig", "TrainResult", "evaluate", "fit", "predict", "resolve_device", "seed_everything", "sweep",
+    "TrainConfig", "TrainResult", "evaluate", "fit", "predict", "resolve_device", "seed_everything", "sweep", "tune", "TuneResult",
 ]
