@@ -192,3 +192,14 @@ def test_parameter_count_and_flops(planted_small):
     assert lr.num_parameters("logit") == (d + 16) + 1
     mix = dx.DCNv2(s, dx.DCNConfig(cross="mixture", rank=5, experts=3, cross_layers=1, structure="cross_only"))
     assert mix.num_parameters("cross") == 3 * (2 * d * 5 + 25) + d * 3 + d
+
+
+def test_embedding_init_auto_rule(planted_small):
+    torch.set_default_dtype(torch.float32)
+    assert dx.DCNConfig(structure="cross_only").init_std == 0.2
+    assert dx.DCNConfig(structure="stacked").init_std == 0.01
+    assert dx.DCNConfig(embedding_init_std=0.05).init_std == 0.05
+    m = dx.DCNv2(planted_small.schema, dx.DCNConfig(cross_layers=1, deep_layers=(4,)), seed=0)
+    assert float(m.embedding.cat_tables[0].detach().std()) == pytest.approx(0.01, rel=0.1)
+    with pytest.raises(dx.ConfigError, match="embedding_init_std=0"):
+        dx.DCNConfig(embedding_init_std=0)

@@ -38,7 +38,12 @@ class DCNConfig:
       for every id feature, or ``{feature: width}``.
     - ``cross_bias`` / ``cross_residual``: keep ``b_l`` / ``+ x_l`` (the Fig. 4 ablation turns them off).
     - ``diag_scale``: a constant ``α`` added to the diagonal of ``W`` (TFRS's ``diag_scale``).
-    - ``embedding_init_std``: std of the normal initialisation of embedding tables.
+    - ``embedding_init_std``: std of the normal initialisation of embedding tables. ``"auto"``:
+      ``0.01`` when a deep network reads the embeddings (stacked, parallel, deep_only) and ``0.2``
+      for ``cross_only``, whose output depends on the embeddings only through ``x0`` and products of
+      it: from tiny embeddings such a network starts on a plateau (a 4-expert softmax mixture stayed
+      at the base rate on planted data with 0.01), while with a deep net small embeddings generalise
+      better (MovieLens-100K, DCN-V2 stacked: test log loss 0.3731 with 0.01 against 0.3760 with 0.2).
     """
 
     cross: str = "full"
@@ -54,7 +59,7 @@ class DCNConfig:
     cross_residual: bool = True
     diag_scale: float = 0.0
     deep_dropout: float = 0.0
-    embedding_init_std: float = 0.2
+    embedding_init_std: Any = "auto"
 
     def __post_init__(self):
         def bad(name, why):
@@ -94,8 +99,9 @@ class DCNConfig:
             bad("activation", f"nonlinear experts (Eq. 4) need cross='mixture', got cross={self.cross!r}")
         if not (0.0 <= float(self.deep_dropout) < 1.0):
             bad("deep_dropout", "must be in [0, 1)")
-        if not float(self.embedding_init_std) > 0:
-            bad("embedding_init_std", "must be > 0")
+        if self.embedding_init_std != "auto" and (isinstance(self.embedding_init_std, bool) or not isinstance(self.embedding_init_std, (int, float))
+                                                  or not self.embedding_init_std > 0):
+            bad("embedding_init_std", "must be 'auto' or a number > 0")
         ed = self.embedding_dim
         if isinstance(ed, dict):
             object.__setattr__(self, "embedding_dim", tuple(sorted(ed.items())))
@@ -108,6 +114,13 @@ class DCNConfig:
     def embedding_dims(self) -> int | str | dict[str, int]:
         """``embedding_dim`` as ``Schema.with_embedding_dims`` takes it."""
         return dict(self.embedding_dim) if isinstance(self.embedding_dim, tuple) else self.embedding_dim
+
+    @property
+    def init_std(self) -> float:
+        """The embedding initialisation std that ``embedding_init_std`` resolves to."""
+        if self.embedding_init_std == "auto":
+            return 0.2 if self.structure == "cross_only" else 0.01
+        return float(self.embedding_init_std)
 
     @property
     def has_cross(self) -> bool:

@@ -76,7 +76,7 @@ class DCNv2(nn.Module):
         d = self.schema.d
         if cfg.has_cross and cfg.rank is not None and cfg.rank > d:
             raise ConfigError(f"DCNConfig.rank={cfg.rank}: must be <= d={d}, the width of x0 for this schema")
-        self.embedding = FeatureEmbedding(self.schema, cfg.embedding_init_std)
+        self.embedding = FeatureEmbedding(self.schema, cfg.init_std)
         self.cross = CrossNetwork(d, cfg) if cfg.has_cross else None
         deep_in = d
         self.deep = DeepNetwork(deep_in, cfg.deep_layers, cfg.deep_dropout) if cfg.has_deep else None
