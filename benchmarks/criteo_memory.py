@@ -137,6 +137,23 @@ def main(argv=None) -> int:
         print("  " + line[:160])
     got = sorted(int(s.split(", line ")[1].split(":")[0]) for s in bad["lines"])
     assert got == sorted(malformed)[: len(got)] and bad["count"] == len(malformed), (got, sorted(malformed))
+    import platform
+    from datetime import datetime, timezone
+
+    import torch
+
+    from dcn_explore._io import write_json_atomic
+
+    write_json_atomic(ROOT / "benchmarks" / "out" / "criteo_memory.json", {
+        "command": " ".join(["benchmarks/criteo_memory.py", *(argv if argv is not None else sys.argv[1:])]),
+        "date": datetime.now(timezone.utc).isoformat(),
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+        "rows": args.rows, "file_mib": path.stat().st_size / 2**20, "sizes": first["sizes"],
+        "runs": [{"run": name, "wall_s": r["wall_s"], "loader_s": r["load_s"], "peak_rss_mib": r["ru_maxrss"] / 2**20}
+                 for name, r in runs.items()],
+        "malformed_written": len(malformed), "malformed_reported": bad["count"], "malformed_lines": bad["lines"],
+    })
     if args.clean:
         shutil.rmtree(args.out, ignore_errors=True)
     return 0

@@ -1,0 +1,151 @@
+"""Render benchmarks/RESULTS.md from the JSON files the benchmarks write to benchmarks/out/.
+
+    python benchmarks/results.py            # after the benchmarks ran (bash benchmarks/run_all.sh runs them all)
+
+Each section carries the command that produced its numbers, the machine, the date and the
+library versions, as recorded by the benchmark itself. A benchmark whose JSON is missing is
+listed as not run; nothing is filled in by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
+sys.path.insert(0, str(HERE.parent))
+
+from dcn_explore._io import write_text_atomic  # noqa: E402
+
+
+def _load(name: str):
+    p = OUT / f"{name}.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _meta(m: dict) -> str:
+    mach = m.get("machine", {})
+    vers = ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items() if v)
+    dev = m.get("device") or mach.get("device") or ""
+    return (f"- command: `{m.get('command', '?')}`\n- date: {m.get('date', '?')}\n"
+            f"- machine: {mach.get('platform', '?')}, {mach.get('cpu_count', mach.get('cpus', '?'))} CPUs {dev}\n"
+            f"- versions: {vers}\n")
+
+
+def _minutes(m: dict) -> str:
+    w = m.get("wall_s")
+    w = w.get("total") if isinstance(w, dict) else w
+    return "?" if w is None else f"{w / 60:.1f} min"
+
+
+def _e(x) -> str:
+    return "n/a" if x is None else f"{x:.2e}"
+
+
+def synthetic() -> str:
+    d = _load("synthetic")
+    if d is None:
+        return "## Synthetic studies (paper Sec. 6)\n\nNot run: `.venv/bin/python benchmarks/synthetic.py`.\n"
+    s = ["## Synthetic studies (paper Sec. 6)\n", _meta(d["meta"]), f"- wall time: {_minutes(d['meta'])}\n"]
+    t1 = d["summaries"].get("table1", [])
+    s.append("### Table 1 — RMSE (mean over seeds) and model size, ours beside the paper's\n")
+    s.append(_table(["task", "model", "RMSE (ours)", "± std", "params (ours)", "RMSE (paper)", "params (paper)"],
+                    [[r["task"], r["model"], _e(r["rmse"]), _e(r.get("rmse_std")), r["params"], _e(r.get("paper_rmse")),
+                      r.get("paper_params") or "n/a"] for r in t1]))
+    t2 = d["summaries"].get("table2", [])
+    s.append("\n\n### Table 2 — combined orders 1–4, RMSE by number of layers\n")
+    s.append(_table(["model", "layers", "RMSE (ours)", "± std", "RMSE (paper)"],
+                    [[r["model"], r["layers"], _e(r["rmse"]), _e(r.get("rmse_std")), _e(r.get("paper_rmse"))] for r in t2]))
+    f4 = d["summaries"].get("fig4", [])
+    s.append("\n\n### Fig. 4 — homogeneous polynomials, cross-layer ablation (RMSE)\n")
+    cols = [k for k in ("task", "variant", "model", "layers") if f4 and k in f4[0]]
+    s.append(_table(cols + ["RMSE (ours)", "± std"], [[r[c] for c in cols] + [_e(r["rmse"]), _e(r.get("rmse_std"))] for r in f4]))
+    s.append("\n\n### Checks\n")
+    s.append(_table(["study", "claim", "measured", "holds"],
+                    [[k, c["claim"], c["measured"], "yes" if c["holds"] else "**no**"] for k, v in d["checks"].items() for c in v]))
+    return "\n".join(s) + "\n"
+
+
+def movielens() -> str:
+    d = _load("movielens_quality")
+    title = "## MovieLens-100K quality against peer libraries (paper Sec. 7.1 protocol)\n"
+    if d is None:
+        return title + "\nNot run: `benchmarks/.peers-venv/bin/python benchmarks/movielens_quality.py`.\n"
+    m = d["meta"]
+    s = [title, _meta(m), f"- protocol: {json.dumps(m.get('protocol'))}\n- wall time: {_minutes(m)}\n"]
+    rows = sorted(d["rows"], key=lambda r: r["test_logloss"])
+    s.append(_table(["model", "library", "test log loss", "test AUC", "params", "FLOPs/example", "chosen point"],
+                    [[r["model"], r["library"], f"{r['test_logloss']:.4f} ± {r['test_logloss_std']:.4f}",
+                      f"{r['test_auc']:.4f} ± {r['test_auc_std']:.4f}", f"{r['params']:,}", f"{r['flops']:,.0f}",
+                      ", ".join(f"{k}={v}" for k, v in r["best"].items())] for r in rows]))
+    v = m.get("verdict") or {}
+    if v:
+        s.append(f"\nAcceptance (an ours DCN-V2/DCN-Mix at least as good as the best peer on both mean log loss and mean AUC): "
+                 f"**{'holds' if v.get('holds') else 'does not hold'}**. Best peer by log loss: {v.get('best_peer_by_logloss')}; "
+                 f"by AUC: {v.get('best_peer_by_auc')}; ours meeting it: {v.get('ours_meeting_it')}.")
+        c = v.get("ours_best_dcn_vs_dnn")
+        if c:
+            s.append(f"\nOurs {c['model']} minus ours DNN: log loss {c['delta_logloss']:+.4f}, AUC {c['delta_auc']:+.4f} "
+                     f"(seed std log loss {c['std_logloss'][0]:.4f} / {c['std_logloss'][1]:.4f}, AUC {c['std_auc'][0]:.4f} / {c['std_auc'][1]:.4f}).")
+    return "\n".join(s) + "\n"
+
+
+def speed() -> str:
+    d = _load("speed")
+    title = "## Speed: Criteo-shaped workload, ours against the peers in the same run\n"
+    if d is None:
+        return title + "\nNot run: `benchmarks/.peers-venv/bin/python benchmarks/speed.py`.\n"
+    s = [title, _meta(d), f"- device: {d['device']}; settings: {json.dumps({k: d['settings'][k] for k in ('batch', 'infer_batch', 'steps', 'rounds', 'threads', 'sparse')})}\n"]
+    s.append(_table(["model", "library / model", "params", "train ex/s median (min..max)", "inference ex/s median (min..max)"],
+                    [[r["model"], r["name"], f"{r['params']:,}", f"{r['train_median']:,.0f} ({r['train_min']:,.0f}..{r['train_max']:,.0f})",
+                      f"{r['infer_median']:,.0f} ({r['infer_min']:,.0f}..{r['infer_max']:,.0f})"] for r in d["rows"]]))
+    ratios = {}
+    for r in d["rows"]:
+        if r["library"] == "dcn-explore" and "train_ratio_vs_fastest_peer" in r:
+            ratios[r["model"]] = (r["train_ratio_vs_fastest_peer"], r["infer_ratio_vs_fastest_peer"])
+    if ratios:
+        s.append("\n\nOurs divided by the fastest peer (medians): " + "; ".join(
+            f"{k}: training {a:.2f}x, inference {b:.2f}x" for k, (a, b) in ratios.items()) + ".")
+    return "\n".join(s) + "\n"
+
+
+def sweep_speed() -> str:
+    d = _load("sweep_speed")
+    title = "## Batched sweep: 4 ranks × 3 seeds, batched against one by one\n"
+    if d is None:
+        return title + "\nNot run: `.venv/bin/python benchmarks/sweep_speed.py`.\n"
+    return (title + "\n" + _meta(d) + "\n" + _table(["runs", "one by one (s)", "batched (s)", "speed-up", f"max |Δ {d['metric']}| per run"],
+                                                    [[d["runs"], f"{d['seconds']['one_by_one']:.1f}", f"{d['seconds']['batched']:.1f}",
+                                                      f"{d['speedup']:.2f}x", f"{d['max_abs_diff']:.1e}"]]) + "\n")
+
+
+def criteo_memory() -> str:
+    d = _load("criteo_memory")
+    title = "## Criteo loader: bounded memory on a generated 2M-row file\n"
+    if d is None:
+        return title + "\nNot run: `.venv/bin/python benchmarks/criteo_memory.py`.\n"
+    rows = [[r["run"], f"{r['wall_s']:.1f}", f"{r['loader_s']:.2f}", f"{r['peak_rss_mib']:.0f}"] for r in d["runs"]]
+    return (title + "\n" + _meta(d) + "\n" + _table(["run", "wall (s)", "in criteo() (s)", "peak RSS (MiB)"], rows)
+            + f"\n\nMalformed lines reported: {d['malformed_reported']} of {d['malformed_written']} written.\n")
+
+
+def main() -> int:
+    parts = ["# Benchmark results\n",
+             "Generated by `python benchmarks/results.py` from `benchmarks/out/*.json`; `bash benchmarks/run_all.sh` "
+             "reruns every benchmark and then this script. Every number below was printed by the command listed with it.\n",
+             synthetic(), movielens(), speed(), sweep_speed(), criteo_memory()]
+    write_text_atomic(HERE / "RESULTS.md", "\n".join(parts))
+    print(f"wrote {HERE / 'RESULTS.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
