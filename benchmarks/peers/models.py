@@ -61,7 +61,7 @@ class DeepCTRPeer(PeerModel):
 
     def __init__(self, schema, variant: str = "dcn_matrix", cross_layers: int = 3, deep_layers=(256, 128),
                  rank: int = 32, experts: int = 4, embedding_dim: int = 16, l2: float = 1e-5,
-                 batch_size: int = 128, seed: int = 1024):
+                 batch_size: int = 128, seed: int = 1024, dropout: float = 0.0):
         super().__init__()
         from deepctr_torch.inputs import DenseFeat, SparseFeat, VarLenSparseFeat
         from deepctr_torch.models import DCN, DCNMix
@@ -71,7 +71,7 @@ class DeepCTRPeer(PeerModel):
         cols += [VarLenSparseFeat(SparseFeat(f.name, f.vocab_size, embedding_dim), maxlen=f.max_len, combiner="mean") for f in mv]
         cols += [DenseFeat(f.name, 1) for f in dense]
         common = dict(dnn_hidden_units=tuple(deep_layers), l2_reg_linear=l2, l2_reg_embedding=l2, l2_reg_cross=l2,
-                      seed=seed, task="binary", device="cpu")
+                      dnn_dropout=dropout, seed=seed, task="binary", device="cpu")
         if variant == "dcn_matrix":
             self.net = DCN(cols, cols, cross_num=cross_layers, cross_parameterization="matrix", **common)
             name, cls = "DeepCTR DCN (matrix)", "deepctr_torch.models.DCN(cross_parameterization='matrix')"
@@ -148,7 +148,7 @@ def _fuxi_model_class():
 
         def __init__(self, feature_map, model_structure="parallel", use_low_rank_mixture=False, low_rank=32,
                      num_experts=4, embedding_dim=16, stacked_dnn_hidden_units=(), parallel_dnn_hidden_units=(),
-                     num_cross_layers=3, embedding_regularizer=None, net_regularizer=None):
+                     num_cross_layers=3, embedding_regularizer=None, net_regularizer=None, net_dropout=0.0):
             super().__init__(feature_map, model_id="DCNv2", gpu=-1, embedding_regularizer=embedding_regularizer,
                              net_regularizer=net_regularizer, verbose=0, model_root=tempfile.gettempdir(),
                              metrics=["logloss", "AUC"])
@@ -164,11 +164,11 @@ def _fuxi_model_class():
             final_dim = input_dim
             if model_structure in ("stacked", "stacked_parallel"):
                 self.stacked_dnn = MLP_Block(input_dim=input_dim, output_dim=None, hidden_units=list(stacked_dnn_hidden_units),
-                                             hidden_activations="ReLU", output_activation=None)
+                                             hidden_activations="ReLU", output_activation=None, dropout_rates=net_dropout)
                 final_dim = stacked_dnn_hidden_units[-1]
             if model_structure in ("parallel", "stacked_parallel"):
                 self.parallel_dnn = MLP_Block(input_dim=input_dim, output_dim=None, hidden_units=list(parallel_dnn_hidden_units),
-                                              hidden_activations="ReLU", output_activation=None)
+                                              hidden_activations="ReLU", output_activation=None, dropout_rates=net_dropout)
                 final_dim = input_dim + parallel_dnn_hidden_units[-1]
             if model_structure == "stacked_parallel":
                 final_dim = stacked_dnn_hidden_units[-1] + parallel_dnn_hidden_units[-1]
@@ -198,7 +198,8 @@ class FuxiCTRPeer(PeerModel):
     for a mean-reduced BCE (their ``add_loss`` uses ``reduction='mean'``): returned as is."""
 
     def __init__(self, schema, structure: str = "parallel", mixture: bool = False, cross_layers: int = 3,
-                 deep_layers=(256, 128), rank: int = 32, experts: int = 4, embedding_dim: int = 16, l2: float = 0.0):
+                 deep_layers=(256, 128), rank: int = 32, experts: int = 4, embedding_dim: int = 16, l2: float = 0.0,
+                 dropout: float = 0.0):
         super().__init__()
         cls = _fuxi_model_class()
         self.fm = _fuxi_feature_map(schema, embedding_dim)
@@ -206,7 +207,7 @@ class FuxiCTRPeer(PeerModel):
         self.net = cls(self.fm, model_structure=structure, use_low_rank_mixture=mixture, low_rank=rank, num_experts=experts,
                        embedding_dim=embedding_dim, stacked_dnn_hidden_units=tuple(deep_layers),
                        parallel_dnn_hidden_units=tuple(deep_layers), num_cross_layers=cross_layers,
-                       embedding_regularizer=reg, net_regularizer=reg)
+                       embedding_regularizer=reg, net_regularizer=reg, net_dropout=dropout)
         cat, mv, dense = _kinds(schema)
         self.cat_names, self.mv_names, self.dense_names = [f.name for f in cat], [f.name for f in mv], [f.name for f in dense]
         nm = "FuxiCTR DCNv2" + (" Mix" if mixture else "") + f" ({structure})"
@@ -332,17 +333,18 @@ PEERS = {
 
 
 def build_peer(name: str, schema, *, cross_layers: int = 3, deep_layers=(256, 128), rank: int = 32, experts: int = 4,
-               embedding_dim: int = 16, l2: float = 0.0, batch_size: int = 128, seed: int = 0) -> PeerModel:
-    """One peer model by its name in :data:`PEERS`, initialised from ``seed`` (global RNG restored afterwards)."""
+               embedding_dim: int = 16, l2: float = 0.0, batch_size: int = 128, seed: int = 0, dropout: float = 0.0) -> PeerModel:
+    """One peer model by its name in :data:`PEERS`, initialised from ``seed`` (global RNG restored afterwards).
+    ``dropout`` applies to the deep network of the libraries that offer it (DeepCTR, FuxiCTR; TorchRec's MLP has none)."""
     spec = PEERS[name]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if spec["library"] == "deepctr":
             return DeepCTRPeer(schema, spec["variant"], cross_layers, deep_layers, rank, experts, embedding_dim, l2,
-                               batch_size, seed=seed)
+                               batch_size, seed=seed, dropout=dropout)
         if spec["library"] == "fuxictr":
             return FuxiCTRPeer(schema, spec["structure"], spec["mixture"], cross_layers, deep_layers, rank, experts,
-                               embedding_dim, l2)
+                               embedding_dim, l2, dropout)
         return TorchRecPeer(schema, spec["cross"], spec["structure"], cross_layers, deep_layers, rank, experts,
                             embedding_dim, l2)
 
