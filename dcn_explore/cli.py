@@ -264,6 +264,24 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    """Execute a notebook with parameters (papermill) and write one standalone HTML report."""
+    from .errors import ConfigError
+    from .notebook_report import parse_parameter, report
+
+    params = {}
+    for item in args.parameter:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise ConfigError(f"-p {item!r}: expected NAME=VALUE with a Python identifier as NAME")
+        params[name.strip()] = parse_parameter(value)
+    t0 = time.perf_counter()
+    out = report(args.notebook, out=args.out, parameters=params, size=args.size, timeout=args.timeout,
+                 keep_notebook=args.keep_notebook, hide_code=args.hide_code)
+    print(f"executed {args.notebook} (size {args.size}) in {time.perf_counter() - t0:.1f} s; wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dcn-explore", description="Train DCN-V2 models and see which feature crosses they learned.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -311,6 +329,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(w)
     _add_train_args(w)
     w.set_defaults(func=cmd_sweep)
+
+    r = sub.add_parser("report", help="execute a notebook with parameters and write a standalone HTML report")
+    r.add_argument("notebook", help="e.g. notebooks/04_rank_sweep.ipynb")
+    r.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a variable of the notebook's parameters cell (a Python literal or a string), repeatable")
+    r.add_argument("--out", default=None, help="the HTML file (default: runs/reports/<notebook name>.html)")
+    r.add_argument("--size", default="default", choices=["default", "ci"], help="DCNX_NOTEBOOK_SIZE for the kernel")
+    r.add_argument("--timeout", type=int, default=1800, help="seconds one cell may run (default: %(default)s)")
+    r.add_argument("--keep-notebook", default=None, help="also write the executed notebook here")
+    r.add_argument("--hide-code", action="store_true", help="leave the code cells out of the report")
+    r.set_defaults(func=cmd_report)
     return p
 
 

@@ -120,7 +120,9 @@ def make_record(spec: dict, model: DCNv2, history: pd.DataFrame, best_epoch: int
     """The JSON-serialisable summary of one finished run (what ``results_dir/runs/<run_id>.json`` holds)."""
     top = []
     if model.cross is not None:
-        t = crosses(model).top(k=top_k, aggregate=True)
+        # nonlinear experts (Eq. 4) have no cross matrix without data: theirs is a data-averaged Jacobian
+        nonlinear = model.config.cross == "mixture" and model.config.activation != "identity"
+        t = crosses(model, val_set if nonlinear else None).top(k=top_k, aggregate=True)
         top = [f"{a}×{b}:{n:.4g}" for a, b, n in zip(t.feature_a, t.feature_b, t.norm)]
     return {
         "point": spec["point"], "seed": spec["seed"], "model_label": spec["model"].label(),
@@ -216,7 +218,8 @@ def sweep(
                 if path is not None:
                     write_json_atomic(path, record)
             record["run_id"] = rid
-            row = _row(record)
+            # the row describes this grid's point: a reused record may come from another grid with the same config
+            row = _row(dict(record, point=spec["point"]))
             row["reused"] = reused
             rows.append(row)
             if bar is not None:
