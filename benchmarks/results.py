@@ -55,6 +55,10 @@ def synthetic() -> str:
     if d is None:
         return "## Synthetic studies (paper Sec. 6)\n\nNot run: `.venv/bin/python benchmarks/synthetic.py`.\n"
     s = ["## Synthetic studies (paper Sec. 6)\n", _meta(d["meta"]), f"- wall time: {_minutes(d['meta'])}\n"]
+    kept = d["meta"].get("kept_from_previous_run")
+    if kept:
+        s.append(f"- {', '.join(kept['studies'])}: from the earlier run `{kept['command']}` of {kept['date']} "
+                 f"(wall {json.dumps(kept['wall_s'])} s); this run (`--only`) added the others\n")
     t1 = d["summaries"].get("table1", [])
     s.append("### Table 1 — RMSE (mean over seeds) and model size, ours beside the paper's\n")
     s.append(_table(["task", "model", "RMSE (ours)", "± std", "params (ours)", "RMSE (paper)", "params (paper)"],
@@ -62,12 +66,18 @@ def synthetic() -> str:
                       r.get("paper_params") or "n/a"] for r in t1]))
     t2 = d["summaries"].get("table2", [])
     s.append("\n\n### Table 2 — combined orders 1–4, RMSE by number of layers\n")
-    s.append(_table(["model", "layers", "RMSE (ours)", "± std", "RMSE (paper)"],
-                    [[r["model"], r["layers"], _e(r["rmse"]), _e(r.get("rmse_std")), _e(r.get("paper_rmse"))] for r in t2]))
+    s.append(_table(["model", "layers", "RMSE (ours)", "± std", "params (ours)", "RMSE (paper)"],
+                    [[r["model"], r["layers"], _e(r["rmse"]), _e(r.get("rmse_std")), r.get("params", "n/a"), _e(r.get("paper_rmse"))] for r in t2]))
     f4 = d["summaries"].get("fig4", [])
     s.append("\n\n### Fig. 4 — homogeneous polynomials, cross-layer ablation (RMSE)\n")
-    cols = [k for k in ("task", "variant", "model", "layers") if f4 and k in f4[0]]
-    s.append(_table(cols + ["RMSE (ours)", "± std"], [[r[c] for c in cols] + [_e(r["rmse"]), _e(r.get("rmse_std"))] for r in f4]))
+    if f4:  # one row per (order, variant): mean RMSE at each number of layers, and the best layer
+        layers = [k for k in f4[0] if k.startswith("L") and k[1:].isdigit()]
+        s.append("Mean test RMSE over seeds by number of cross layers (the paper gives a plot only). Variants of "
+                 "`x_{l+1} = x0 ⊙ (W x_l [+ b]) [+ x_l]`.\n")
+        s.append(_table(["order", "variant", *layers, "best"],
+                        [[r["order"], r["variant"], *[_e(r[c]) for c in layers], f"L{r['best_layer']}"] for r in f4]))
+    else:
+        s.append("Not run: `.venv/bin/python benchmarks/synthetic.py --only fig4`.")
     s.append("\n\n### Checks\n")
     s.append(_table(["study", "claim", "measured", "holds"],
                     [[k, c["claim"], c["measured"], "yes" if c["holds"] else "**no**"] for k, v in d["checks"].items() for c in v]))

@@ -117,6 +117,16 @@ def main(argv=None) -> int:
         "wall_s": {},
     }
     out: dict = {"meta": meta, "tables": {}, "summaries": {}, "checks": {}}
+    if args.only and args.out.is_file():
+        # --only reruns some studies: keep the other studies' results (and their own metadata) from the file
+        old = json.loads(args.out.read_text())
+        if bool(old.get("meta", {}).get("quick")) == bool(args.quick):
+            for key in ("tables", "summaries", "checks"):
+                out[key] = {k: v for k, v in old.get(key, {}).items() if k not in studies}
+            kept = sorted(out["tables"])
+            if kept:
+                meta["kept_from_previous_run"] = {k: old["meta"].get(k) for k in ("command", "date", "wall_s")} | {"studies": kept}
+                print(f"keeping {', '.join(kept)} from {args.out} ({old['meta'].get('date')})", file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def save():
