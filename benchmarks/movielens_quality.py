@@ -90,8 +90,9 @@ def our_specs() -> list[Spec]:
 
     cross = {"lr": LR, "l2": L2, "cross_layers": CROSS_LAYERS, "dropout": DROPOUT}
     return [
-        # l2 applies to cross kernels only, so the DNN's space has no l2; its "layers" are deep layers
-        ours("DNN", "DNN", dx.DCNConfig(structure="deep_only", deep_layers=DEEP), {"lr": LR, "deep_layers": DNN_DEPTHS, "dropout": DROPOUT}),
+        # ours' l2 is both TrainConfig.l2 (cross kernels) and TrainConfig.embedding_l2 (whole tables), as the
+        # peers' one l2 knob covers their embeddings and networks; the DNN's l2 is its embeddings' only
+        ours("DNN", "DNN", dx.DCNConfig(structure="deep_only", deep_layers=DEEP), {"lr": LR, "l2": L2, "deep_layers": DNN_DEPTHS, "dropout": DROPOUT}),
         ours("DCN", "DCN", dx.DCNConfig(cross="vector", deep_layers=DEEP), cross),
         ours("DCN-V2 (stacked)", "DCN-V2", dx.DCNConfig(cross="full", structure="stacked", deep_layers=DEEP), cross),
         ours("DCN-V2 (parallel)", "DCN-V2", dx.DCNConfig(cross="full", structure="parallel", deep_layers=DEEP), cross),
@@ -197,6 +198,7 @@ def run_one(spec: Spec, params: dict, seed: int, tr, va, te, args) -> dict:
     model = spec.build(tr.schema, params, seed)
     if spec.ours:
         cfg = dx.TrainConfig(epochs=args.max_epochs, batch_size=128, lr=params["lr"], l2=params.get("l2", 0.0),
+                             embedding_l2=params.get("l2", 0.0),
                              early_stopping=args.patience, seed=seed, device="cpu", progress=False)
         res = dx.fit(model, tr, va, cfg)
         ep_run, best_ep = len(res.history), res.best_epoch

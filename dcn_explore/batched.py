@@ -56,7 +56,7 @@ def group_key(spec: dict) -> str:
 
 def can_batch(spec: dict, schema) -> bool:
     cfg, tc = spec["model"], spec["train"]
-    if cfg.deep_dropout or tc.lr_schedule == "plateau" or tc.compile:
+    if cfg.deep_dropout or tc.lr_schedule == "plateau" or tc.compile or tc.embedding_l2:
         return False
     if tc.sparse_embeddings is True:
         return False

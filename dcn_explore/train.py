@@ -44,6 +44,9 @@ class TrainConfig:
     """How to train (Sec. 7.1 defaults where the paper gives them).
 
     - ``l2``: ``λ`` of ``λ Σ_l ‖W_l‖²`` on the cross kernels (``U, V, C`` for low-rank/mixture).
+    - ``embedding_l2``: ``λ_e`` of ``λ_e Σ_t ‖E_t‖²`` over the whole embedding tables, added to the
+      loss every step as DeepCTR-Torch and FuxiCTR do (with Adam it pulls rarely seen ids towards 0);
+      default 0 (the paper regularises the cross kernels only). Needs dense embedding gradients.
     - ``clip_norm``: gradient clipping by global norm (``None`` disables).
     - ``ema_decay``: decay of the moving average of the weights that is evaluated and
       kept (``None`` disables). With ``ema_warmup`` the decay used at update ``n`` is
@@ -76,6 +79,7 @@ class TrainConfig:
     batch_size: int = 512
     lr: float = 1e-3
     l2: float = 1e-4
+    embedding_l2: float = 0.0
     clip_norm: float | None = 10.0
     ema_decay: float | None = 0.9999
     ema_warmup: bool = True
@@ -111,6 +115,10 @@ class TrainConfig:
             bad("lr", "must be a positive number")
         if not (isinstance(self.l2, (int, float)) and self.l2 >= 0):
             bad("l2", "must be >= 0")
+        if not (isinstance(self.embedding_l2, (int, float)) and self.embedding_l2 >= 0):
+            bad("embedding_l2", "must be >= 0")
+        if self.embedding_l2 > 0 and self.sparse_embeddings is True:
+            bad("embedding_l2", "a penalty on whole tables needs dense embedding gradients; set sparse_embeddings=False or 'auto'")
         if self.clip_norm is not None and not self.clip_norm > 0:
             bad("clip_norm", "must be > 0 or None")
         if self.ema_decay is not None and not (0.0 < self.ema_decay < 1.0):
@@ -326,7 +334,7 @@ def _state_copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _use_sparse(cfg: "TrainConfig", model: DCNv2) -> bool:
     if cfg.sparse_embeddings == "auto":
-        return model.num_parameters("embedding") >= SPARSE_AUTO_MIN_PARAMS
+        return cfg.embedding_l2 == 0 and model.num_parameters("embedding") >= SPARSE_AUTO_MIN_PARAMS
     return bool(cfg.sparse_embeddings)
 
 
@@ -494,6 +502,7 @@ def fit(
         scheds = [torch.optim.lr_scheduler.ReduceLROnPlateau(o, mode="min", factor=0.1, patience=1) for o in optimizers]
     ema = _EMA(model, cfg.ema_decay, cfg.ema_warmup, tables, total_steps) if cfg.ema_decay else None
     kernels = model.cross_kernels() if cfg.l2 > 0 else []
+    emb_tables = list(model.embedding.tables()) if cfg.embedding_l2 > 0 else []
     key = _loss_key(task)
     train_forward = model
     if use_ddp:
@@ -550,6 +559,8 @@ def fit(
                     out = train_forward(b.categorical, b.multivalent, b.dense.to(dtype))
                 loss = _loss(out.to(dtype), b.label.to(dtype), task)
                 total = loss + cfg.l2 * sum(k.pow(2).sum() for k in kernels) if kernels else loss
+                if emb_tables:
+                    total = total + cfg.embedding_l2 * sum(t.pow(2).sum() for t in emb_tables)
                 finite = bool(torch.isfinite(total))
                 if use_ddp:
                     finite = dist_mod.all_true(finite, device)

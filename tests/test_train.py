@@ -163,7 +163,22 @@ def test_divergence_on_the_first_step_says_so():
         dx.fit(m, ds, None, dx.TrainConfig(epochs=1, progress=False))
 
 
+def test_embedding_l2_shrinks_the_tables_and_leaves_the_cross_penalty_alone(parts):
+    train, val, _ = parts
+    emb, cross = [], []
+    for el2 in (0.0, 1e-2):
+        m = _model(train.schema)
+        dx.fit(m, train, val, dx.TrainConfig(**FAST, lr=0.01, l2=0.0, embedding_l2=el2, ema_decay=None))
+        emb.append(sum(float(t.detach().pow(2).sum()) for t in m.embedding.tables()) ** 0.5)
+        cross.append(float(m.cross.layers[0].W.detach().norm()))
+    assert emb[1] < 0.5 * emb[0]
+    assert cross[1] > 0.5 * cross[0]  # the cross kernels are not what embedding_l2 penalises
+    with pytest.raises(ConfigError, match="TrainConfig.embedding_l2=0.1: a penalty on whole tables needs dense"):
+        dx.TrainConfig(embedding_l2=0.1, sparse_embeddings=True)
+
+
 @pytest.mark.parametrize("field, value, match", [
+    ("embedding_l2", -1.0, "TrainConfig.embedding_l2=-1.0"),
     ("epochs", 0, "TrainConfig.epochs=0"),
     ("lr", -1.0, "TrainConfig.lr=-1.0"),
     ("ema_decay", 1.0, "TrainConfig.ema_decay=1.0"),
