@@ -261,7 +261,7 @@ def sweep_batched(data: TabularData, specs: Sequence[dict], results_dir=None, sp
         rec["run_id"] = ids[i]
         if out_dir is not None and i not in reused:
             write_json_atomic(out_dir / f"{ids[i]}.json", rec)
-        row = _row(rec)
+        row = _row(rec, specs[i]["point"])
         row["reused"] = i in reused
         rows[i] = row
         if bar is not None:
@@ -271,7 +271,7 @@ def sweep_batched(data: TabularData, specs: Sequence[dict], results_dir=None, sp
 
     for i in sorted(records):
         records[i]["run_id"] = ids[i]
-        row = _row(records[i])
+        row = _row(records[i], specs[i]["point"])
         row["reused"] = True
         rows[i] = row
     try:

@@ -99,7 +99,7 @@ def sweep_ray(data: TabularData, specs: Sequence[dict], results_dir, split=(0.8,
     for i, rid in enumerate(ids):
         rec = json.loads((out_dir / f"{rid}.json").read_text())
         rec["run_id"] = rid
-        row = _row(rec)
+        row = _row(rec, specs[i]["point"])
         row["reused"] = i not in pending
         rows.append(row)
         if callback is not None:

@@ -104,8 +104,10 @@ def run_id(fingerprint: str, model: DCNConfig, train: TrainConfig, seed: int, sp
     return hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
-def _row(record: dict) -> dict:
-    row = dict(record["point"])
+def _row(record: dict, point: dict | None = None) -> dict:
+    """The tidy row of one run record. ``point``: the grid point of the sweep asking (default: the
+    record's own); a reused record may come from another grid that reached the same config."""
+    row = dict(record["point"] if point is None else point)
     row.update(seed=record["seed"], model=record["model_label"], run_id=record["run_id"])
     row.update({f"test_{k}": v for k, v in record["test"].items()})
     row.update({f"val_{k}": v for k, v in record["val"].items()})
@@ -218,8 +220,7 @@ def sweep(
                 if path is not None:
                     write_json_atomic(path, record)
             record["run_id"] = rid
-            # the row describes this grid's point: a reused record may come from another grid with the same config
-            row = _row(dict(record, point=spec["point"]))
+            row = _row(record, spec["point"])
             row["reused"] = reused
             rows.append(row)
             if bar is not None:

@@ -130,10 +130,11 @@ def test_a_sweep_over_nonlinear_experts_records_their_top_crosses(planted, tmp_p
     assert all(len(t) == 3 for t in df["top_crosses"])
 
 
-def test_a_run_reused_from_another_grid_is_labelled_with_this_grids_point(planted, tmp_path):
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_run_reused_from_another_grid_is_labelled_with_this_grids_point(planted, tmp_path, batched):
     base = dx.DCNConfig(**dict(BASE, rank=2))
     tc = dx.TrainConfig(epochs=1, progress=False)
-    first = dx.sweep(planted, base, {"rank": [2]}, seeds=1, train=tc, results_dir=tmp_path, progress=False)
-    again = dx.sweep(planted, base, {"lr": [tc.lr]}, seeds=1, train=tc, results_dir=tmp_path, progress=False)
+    first = dx.sweep(planted, base, {"rank": [2]}, seeds=1, train=tc, results_dir=tmp_path, progress=False, batched=batched)
+    again = dx.sweep(planted, base, {"lr": [tc.lr]}, seeds=1, train=tc, results_dir=tmp_path, progress=False, batched=batched)
     assert again["reused"].all() and list(again["run_id"]) == list(first["run_id"])  # the same configuration
     assert list(again["lr"]) == [tc.lr], "the row carries the swept field of the grid that asked for it"
