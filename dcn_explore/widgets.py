@@ -46,6 +46,7 @@ from .data.dataset import TabularData
 from .errors import ConfigError, DCNExploreError
 from .model.config import DCNConfig
 from .model.dcn import DCNv2
+from .notebook_report import parse_parameter
 from .train import TrainConfig, TrainResult, fit
 
 __all__ = ["CrossExplorer", "SweepPanel", "TrainingView", "sync_figure", "parse_values"]
@@ -115,19 +116,9 @@ def parse_values(text: str) -> list:
     if not text:
         raise ConfigError("values: enter at least one value (comma-separated)")
     try:
-        v = ast.literal_eval(f"[{text}]")
-        return list(v)
-    except (ValueError, SyntaxError):
-        out = []
-        for item in text.split(","):
-            item = item.strip()
-            if not item:
-                continue
-            try:
-                out.append(ast.literal_eval(item))
-            except (ValueError, SyntaxError):
-                out.append(item)
-        return out
+        return list(ast.literal_eval(f"[{text}]"))
+    except (ValueError, SyntaxError):  # bare words: each item on its own, a literal or the string
+        return [parse_parameter(item.strip()) for item in text.split(",") if item.strip()]
 
 
 def _error_html(msg: str) -> str:
