@@ -95,7 +95,10 @@ class FeatureEmbedding(nn.Module):
         for t, (width, n) in enumerate(self._cat_groups):
             cols = getattr(self, f"cat_cols_{t}")
             ids = categorical.index_select(1, cols) + getattr(self, f"cat_offsets_{t}")
-            parts.append(F.embedding(ids, self.cat_tables[t], sparse=self.sparse_grad).reshape(B, n * width))
+            if self.sparse_grad:
+                parts.append(F.embedding(ids, self.cat_tables[t], sparse=True).reshape(B, n * width))
+            else:  # same rows; index_select's backward (index_add) beats embedding's on the CPU
+                parts.append(self.cat_tables[t].index_select(0, ids.reshape(-1)).view(B, n * width))
         for t, (width, n, pad) in enumerate(self._mv_groups):
             sel = multivalent.index_select(1, getattr(self, f"mv_cols_{t}"))  # (B, n, L)
             ids = torch.where(sel == 0, pad, sel + getattr(self, f"mv_offsets_{t}")[None, :, None])
