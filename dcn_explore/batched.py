@@ -2,16 +2,27 @@
 
 Runs that differ only in their seed and rank (and share everything else: data, structure,
 training settings) are trained together: their parameters are stacked along a leading
-"member" axis with ``torch.func.stack_module_state`` and the forward pass is ``vmap``-ed over
-``functional_call``, so every step is one set of batched kernels instead of one per run.
-Lower ranks are zero-padded to the group's largest rank; the padded columns of ``U``, ``V``
-(and rows/columns of ``C``) get exactly zero gradients, so they stay zero and each member
-computes exactly its own ``U Vᵀ``. Everything per run is kept: each member draws its own
-batches from its own seed, Adam and the moving average are elementwise, gradient clipping
-uses each member's own norm, early stopping picks each member's own best epoch. The results
-match one-by-one training up to floating-point reordering (see ``tests/test_batched.py`` for
-the tolerance). Groups whose settings cannot be reproduced this way (row-sparse embeddings,
-dropout, the plateau schedule) are trained one by one.
+"member" axis, so every step is one set of batched kernels instead of one per run.
+
+- Full-rank and low-rank cross layers (any structure, with or without a deep network, and DNNs)
+  run on a hand-written stacked engine (:class:`_Stack`): one lookup per embedding width for all
+  members (each member's tables stacked, ids shifted by member), ``bmm``/``baddbmm`` per layer,
+  and a cross layer with its own backward (:class:`_CrossLayers`: the same batched matmuls and
+  two element-wise products, fewer passes over the ``(G, B, d)`` activations than autograd's
+  generic graph). It works in the embedding's concatenation order (the parameters are permuted
+  once instead of ``x0``'s columns every step). Members are sorted by rank; neighbours within a
+  factor 4 share one factor zero-padded to the group's highest rank, farther ranks get their own.
+- Mixture and DCN (vector) layers, or a ``diag_scale``, use ``torch.func``: the stacked state of
+  ``stack_module_state`` with the forward ``vmap``-ed over ``functional_call``, lower ranks
+  zero-padded.
+
+Zero-padded factor columns (and rows/columns of ``C``) get exactly zero gradients, so they stay
+zero and each member computes exactly its own ``U Vᵀ``. Everything per run is kept: each member
+draws its own batches from its own seed, Adam and the moving average are elementwise, gradient
+clipping uses each member's own norm, early stopping picks each member's own best epoch. The
+results match one-by-one training up to floating-point reordering (see ``tests/test_batched.py``
+for the tolerance). Groups whose settings cannot be reproduced this way (row-sparse embeddings,
+dropout, the plateau schedule, an embedding L2 term) are trained one by one.
 
 >>> import dcn_explore as dx
 >>> ds = dx.data.planted_crosses(n_samples=1200, seed=0)
@@ -85,37 +96,253 @@ def _pad_to_rank(model: DCNv2, rank: int) -> DCNv2:
     return big
 
 
-def _unpad(stacked: dict[str, torch.Tensor], g: int, model: DCNv2) -> dict[str, torch.Tensor]:
-    """Member ``g``'s parameters cut back to ``model``'s (smaller) rank."""
-    out = {}
-    for name, t in model.state_dict().items():
-        s = stacked[name][g]
-        out[name] = s[tuple(slice(0, n) for n in t.shape)].clone()
-    return out
+class _CrossLayers(torch.autograd.Function):
+    """One low-rank or full-rank cross layer for every member at once, with a hand-written backward.
+
+    ``x0, x: (G, B, d)``; members come in contiguous groups of equal rank (``slices``), each group with
+    its own stacked factors: ``(U, V)`` of shape ``(G_k, d, r_k)`` or ``W: (G_k, d, d)``; ``b: (G, d)``
+    or ``None``. Forward: ``x0 ⊙ (x Wᵀ + b) + x`` (Eq. 1 / Eq. 2), one (b)addbmm per group and factor.
+    The backward keeps to the same few batched matmuls and two element-wise products, which is what
+    makes a stacked step cheaper than autograd's generic one (fewer passes over ``(G, B, d)`` tensors)."""
+
+    @staticmethod
+    def forward(ctx, x0, x, b, layout, *weights):
+        kind, residual, slices = layout
+        wx = torch.empty_like(x)
+        hidden = []
+        for i, s in enumerate(slices):
+            if kind == "low_rank":
+                U, V = weights[2 * i], weights[2 * i + 1]
+                left, right = torch.bmm(x[s], V), U.mT
+                hidden.append(left)
+            else:
+                left, right = x[s], weights[i].mT
+            if b is None:
+                torch.bmm(left, right, out=wx[s])
+            else:
+                torch.baddbmm(b[s].unsqueeze(1), left, right, out=wx[s])
+        ctx.layout = layout
+        ctx.has_bias = b is not None
+        ctx.save_for_backward(x0, x, wx, *weights, *hidden)
+        return torch.addcmul(x, x0, wx) if residual else x0 * wx
+
+    @staticmethod
+    def backward(ctx, g):
+        kind, residual, slices = ctx.layout
+        x0, x, wx, *rest = ctx.saved_tensors
+        per = 2 if kind == "low_rank" else 1
+        weights, hidden = rest[: per * len(slices)], rest[per * len(slices):]
+        g = g.contiguous()
+        gwx = g * x0
+        gx0 = g * wx
+        gb = gwx.sum(1) if ctx.has_bias else None
+        gx = torch.empty_like(x)
+        gw = []
+        for i, s in enumerate(slices):
+            gs = gwx[s]
+            if kind == "low_rank":
+                U, V = weights[2 * i], weights[2 * i + 1]
+                gv = torch.bmm(gs, U)
+                gw += [torch.bmm(gs.mT, hidden[i]), torch.bmm(x[s].mT, gv)]
+                left, right = gv, V.mT
+            else:
+                gw.append(torch.bmm(gs.mT, x[s]))
+                left, right = gs, weights[i]
+            if residual:
+                torch.baddbmm(g[s], left, right, out=gx[s])
+            else:
+                torch.bmm(left, right, out=gx[s])
+        return (gx0, gx, gb, None, *gw)
+
+
+def _is_kernel(name: str) -> bool:
+    """Cross-layer weights under the L2 term (``W``, ``U``, ``V``, ``C``, ``w``; not the bias)."""
+    return name.startswith("cross.") and any(name.endswith(s) for s in (".W", ".U", ".V", ".C", ".w"))
+
+
+class _Stack:
+    """The parameters of ``G`` member models stacked along a leading member axis.
+
+    ``params[name]`` is a list of tensors; tensor ``i`` holds the members ``slices[name][i]`` (one
+    tensor for all members, except rank-dependent factors in the hand-written engine: one per rank
+    group). Per-member quantities (gradient norms, the L2 term) are therefore ``(G,)`` vectors."""
+
+    def __init__(self, models: list[DCNv2], device, dtype):
+        self.G = len(models)
+        self.models = models
+        cfg = models[0].config
+        ranks = [m.config.rank for m in models]
+        # the hand-written engine: full/low-rank layers (any structure), or no cross network at all
+        self.fast = cfg.cross in ("full", "low_rank") or not cfg.has_cross
+        self.fast = self.fast and not (cfg.has_cross and cfg.diag_scale)
+        for m in models:
+            m.to(device=device, dtype=dtype)
+        self.params: dict[str, list[torch.Tensor]] = {}
+        self.slices: dict[str, list[slice]] = {}
+        if self.fast:
+            # members are sorted by rank; neighbours within a factor 4 of the group's lowest rank share one
+            # stacked factor, zero-padded to the group's highest rank (padding is exact: see the module doc)
+            groups, start = [], 0
+            for i in range(1, self.G + 1):
+                if i == self.G or (ranks[start] is not None and ranks[i] > 4 * ranks[start]):
+                    groups.append(slice(start, i))
+                    start = i
+            group_rank = {g: ranks[s.stop - 1] for s in groups for g in range(s.start, s.stop)}
+            states = [(_pad_to_rank(m, group_rank[g]) if group_rank[g] else m).to(device=device, dtype=dtype).state_dict()
+                      for g, m in enumerate(models)]
+            self.rank_groups = groups
+            self._basis = self._basis_dims(models[0]) if not models[0].embedding.identity_order else {}
+            if self._basis:  # work in the embedding's concatenation order: no column shuffle of x0 per step
+                inv = torch.argsort(models[0].embedding.perm)
+                states = [{k: self._permute(k, v, inv) for k, v in st.items()} for st in states]
+                self._perm = models[0].embedding.perm
+            for name in states[0]:
+                by_rank = cfg.cross == "low_rank" and name.startswith("cross.") and name.endswith((".U", ".V"))
+                sl = groups if by_rank else [slice(0, self.G)]
+                self.slices[name] = sl
+                self.params[name] = [torch.stack([states[g][name] for g in range(s.start, s.stop)]).requires_grad_()
+                                     for s in sl]
+        else:
+            self._basis = {}
+            rank = max(r or 0 for r in ranks) or None
+            padded = [(_pad_to_rank(m, rank) if rank else m).to(device=device, dtype=dtype) for m in models]
+            stacked, self._buffers = stack_module_state(padded)
+            self._template = padded[0]
+            for name, t in stacked.items():
+                self.params[name] = [t]
+                self.slices[name] = [slice(0, self.G)]
+
+            def one(p, b, cat, mv, dense):
+                return functional_call(self._template, (p, b), (cat, mv, dense))
+
+            self._vmapped = {False: vmap(one, in_dims=(0, 0, 0, 0, 0)), True: vmap(one, in_dims=(0, 0, None, None, None))}
+        self.names = list(self.params)
+        self.kernel_names = [k for k in self.names if _is_kernel(k)]
+        self._emb = models[0].embedding
+        self._members = torch.arange(self.G, device=device)
+
+    @staticmethod
+    def _basis_dims(model: DCNv2) -> dict[str, list[int]]:
+        """Which dimensions of which parameters index ``x0``'s columns (the first ``d`` entries of them)."""
+        cfg, dims = model.config, {}
+        for i in range(cfg.cross_layers if cfg.has_cross else 0):
+            pre = f"cross.layers.{i}."
+            dims.update({pre + "W": [0, 1], pre + "U": [0], pre + "V": [0], pre + "b": [0]})
+        if cfg.has_deep:
+            dims["deep.net.0.weight"] = [1]
+        if cfg.structure in ("cross_only", "parallel"):
+            dims["logit.weight"] = [1]
+        return dims
+
+    def _permute(self, name: str, t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """``t`` with the first ``d`` entries of each of its x0-indexed dimensions reordered by ``idx``."""
+        d = idx.numel()
+        for dim in self._basis.get(name, []):
+            full = torch.cat([idx, torch.arange(d, t.shape[dim])]).to(t.device)
+            t = t.index_select(dim, full)
+        return t
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for k in self.names for t in self.params[k]]
+
+    def per_member(self, names, fn) -> torch.Tensor:
+        """``(G,)``: ``Σ_name fn(tensor)`` per member, where ``fn`` maps ``(G_k, ...)`` to ``(G_k,)``."""
+        return sum(torch.cat([fn(t) for t in self.params[k]]) for k in names)
+
+    def scale_grads(self, coef: torch.Tensor) -> None:
+        for k in self.names:
+            for t, s in zip(self.params[k], self.slices[k]):
+                if t.grad is not None:
+                    t.grad.mul_(coef[s].view(-1, *([1] * (t.dim() - 1))))
+
+    def member_state(self, values: dict[str, list[torch.Tensor]], g: int) -> dict[str, torch.Tensor]:
+        """Member ``g``'s parameters, in its own model's names and shapes."""
+        out = {}
+        for name, ref in self.models[g].state_dict().items():
+            for t, s in zip(values[name], self.slices[name]):
+                if s.start <= g < s.stop:
+                    v = t[g - s.start][tuple(slice(0, n) for n in ref.shape)].detach()
+                    out[name] = (self._permute(name, v, self._perm) if self._basis else v).clone()
+        return out
+
+    def forward(self, categorical, multivalent, dense, shared: bool = False) -> torch.Tensor:
+        """Logits ``(G, B)``; inputs are ``(G, B, ...)`` (each member its own batch) or, with ``shared``,
+        one ``(B, ...)`` batch for every member."""
+        if not self.fast:
+            p = {k: v[0] for k, v in self.params.items()}
+            return self._vmapped[shared](p, self._buffers, categorical, multivalent, dense)
+        return self._head(self._embed(categorical, multivalent, dense))
+
+    def _embed(self, categorical, multivalent, dense) -> torch.Tensor:
+        emb, G = self._emb, self.G
+        B = dense.shape[-2]
+        parts = []
+        member = self._members.view(G, 1, 1)
+        for t, (width, n) in enumerate(emb._cat_groups):
+            table = self.params[f"embedding.cat_tables.{t}"][0]  # (G, rows, width)
+            ids = categorical.index_select(-1, getattr(emb, f"cat_cols_{t}")) + getattr(emb, f"cat_offsets_{t}")
+            ids = ids + member * table.shape[1]
+            parts.append(table.reshape(-1, width).index_select(0, ids.reshape(-1)).view(G, B, n * width))
+        for t, (width, n, pad) in enumerate(emb._mv_groups):
+            table = self.params[f"embedding.mv_tables.{t}"][0]  # (G, rows + 1, width)
+            sel = multivalent.index_select(-2, getattr(emb, f"mv_cols_{t}"))
+            ids = sel + getattr(emb, f"mv_offsets_{t}")[:, None] + member[..., None] * table.shape[1]
+            ids = torch.where(sel == 0, pad, ids)  # every member pads with member 0's zero row, excluded from the mean
+            bag = F.embedding_bag(ids.reshape(-1, ids.shape[-1]), table.reshape(-1, width), mode="mean", padding_idx=pad)
+            parts.append(bag.reshape(G, B, n * width))
+        if emb.n_dense:
+            parts.append(dense.to(parts[0].dtype if parts else dense.dtype).expand(G, B, -1))
+        x0 = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+        return x0 if emb.identity_order or self._basis else x0.index_select(-1, emb.perm)
+
+    def _head(self, x0: torch.Tensor) -> torch.Tensor:
+        m, cfg = self.models[0], self.models[0].config
+
+        def cross(x):
+            xl = x
+            for i in range(cfg.cross_layers):
+                pre = f"cross.layers.{i}."
+                b = self.params[pre + "b"][0] if pre + "b" in self.params else None
+                ws = [t for pair in zip(*(self.params[pre + f] for f in (("U", "V") if cfg.cross == "low_rank" else ("W",))))
+                      for t in pair]
+                xl = _CrossLayers.apply(x, xl, b, (cfg.cross, cfg.cross_residual, self.slices.get(pre + "U", [slice(0, self.G)])), *ws)
+            return xl
+
+        def deep(h):
+            for j, mod in enumerate(m.deep.net):
+                if isinstance(mod, torch.nn.Linear):
+                    w, b = self.params[f"deep.net.{j}.weight"][0], self.params[f"deep.net.{j}.bias"][0]
+                    h = torch.baddbmm(b.unsqueeze(1), h, w.mT)
+                elif isinstance(mod, torch.nn.ReLU):
+                    h = h.relu()
+            return h
+
+        s = cfg.structure
+        if s == "stacked":
+            z = deep(cross(x0))
+        elif s == "parallel":
+            z = torch.cat([cross(x0), deep(x0)], dim=-1)
+        elif s == "cross_only":
+            z = cross(x0)
+        else:
+            z = deep(x0)
+        w, b = self.params["logit.weight"][0], self.params["logit.bias"][0]
+        return torch.baddbmm(b.unsqueeze(-1), z, w.mT).squeeze(-1)
 
 
 def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> list[dict]:
     """Train the runs of one group together; returns per run ``model``, ``history``, ``best_epoch``, ``train_time_s``."""
+    order = sorted(range(len(specs)), key=lambda i: specs[i]["model"].rank or 0)  # equal ranks side by side
+    specs = [specs[i] for i in order]
     cfg0, tc = specs[0]["model"], specs[0]["train"]
     G = len(specs)
     device = resolve_device(tc.device)
     dtype = DTYPES[tc.dtype]
     task = train.task
     models = [DCNv2(train.schema, s["model"], task=task, seed=s["seed"]) for s in specs]
-    rank = max((m.config.rank or 0) for m in models) or None
-    padded = [(_pad_to_rank(m, rank) if rank else m).to(device=device, dtype=dtype) for m in models]
-    params, buffers = stack_module_state(padded)
-    template = padded[0]
-    names = list(params)
-    tensors = [params[k] for k in names]
-
-    def one(p, b, cat, mv, dense):
-        return functional_call(template, (p, b), (cat, mv, dense))
-
-    fwd_train = vmap(one, in_dims=(0, 0, 0, 0, 0))
-    fwd_eval = vmap(one, in_dims=(0, 0, None, None, None))
-    kernel_names = [k for k in names if k.startswith("cross.") and not k.endswith(".b")
-                    and any(k.endswith(s) for s in (".W", ".U", ".V", ".C", ".w"))]
+    stack = _Stack(models, device, dtype)
+    names = stack.names
+    tensors = stack.tensors()
     opt = torch.optim.Adam(tensors, lr=tc.lr, foreach=True)
     n = len(train)
     steps_per_epoch = math.ceil(n / tc.batch_size)
@@ -127,14 +354,23 @@ def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> 
     ema_updates = 0
     key = _loss_key(task)
 
-    def evaluate_members(p: dict) -> list[dict]:
+    def evaluate_members(values: dict[str, list[torch.Tensor]]) -> list[dict]:
         outs = []
-        with torch.no_grad():
-            for i in range(0, len(va), tc.eval_batch_size):
-                b = va.batch(slice(i, i + tc.eval_batch_size))
-                outs.append(fwd_eval(p, buffers, b.categorical, b.multivalent, b.dense.to(dtype)).float())
+        live = stack.params
+        stack.params = values
+        try:
+            with torch.no_grad():
+                chunk = min(tc.eval_batch_size, tc.batch_size)  # G stacked copies: keep them cache-sized
+                for i in range(0, len(va), chunk):
+                    b = va.batch(slice(i, i + chunk))
+                    outs.append(stack.forward(b.categorical, b.multivalent, b.dense.to(dtype), shared=True).float())
+        finally:
+            stack.params = live
         logits = torch.cat(outs, dim=1).cpu()
         return [metrics_from_outputs(logits[g], va.label.cpu(), task) for g in range(G)]
+
+    def squares(t: torch.Tensor) -> torch.Tensor:
+        return t.pow(2).flatten(1).sum(1)
 
     histories: list[list[dict]] = [[] for _ in range(G)]
     best = [{"value": math.inf, "epoch": 0, "state": None} for _ in range(G)]
@@ -151,31 +387,28 @@ def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> 
                 break
             idx = torch.stack([p[i : i + tc.batch_size] for p in perms])  # (G, B)
             b = tr.batch(idx)
-            out = fwd_train(params, buffers, b.categorical, b.multivalent, b.dense.to(dtype))  # (G, B)
+            out = stack.forward(b.categorical, b.multivalent, b.dense.to(dtype))  # (G, B)
             label = b.label.to(dtype)
             if task == "binary":
                 per = F.binary_cross_entropy_with_logits(out, label, reduction="none").mean(1)
             else:
                 per = F.mse_loss(out, label, reduction="none").mean(1)
             total = per
-            if tc.l2 > 0:
-                total = total + tc.l2 * sum(params[k].pow(2).flatten(1).sum(1) for k in kernel_names)
+            if tc.l2 > 0 and stack.kernel_names:
+                total = total + tc.l2 * stack.per_member(stack.kernel_names, squares)
             bad_members = ~torch.isfinite(total)
             if bool(bad_members.any()):
                 g = int(bad_members.nonzero()[0])
                 raise TrainingDivergedError(
-                    f"batched run {g} (seed {specs[g]['seed']}, {specs[g]['model'].label()}): loss became "
+                    f"batched run {order[g]} (seed {specs[g]['seed']}, {specs[g]['model'].label()}): loss became "
                     f"{float(total[g])} at step {step + 1} (epoch {epoch}); last good metrics: "
                     f"{histories[g][-1] if histories[g] else 'none (diverged in the first epoch)'}")
             opt.zero_grad(set_to_none=True)
             total.sum().backward()
             if tc.clip_norm is not None:
                 with torch.no_grad():
-                    sq = sum(t.grad.pow(2).flatten(1).sum(1) for t in tensors if t.grad is not None)
-                    coef = (tc.clip_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
-                    for t in tensors:
-                        if t.grad is not None:
-                            t.grad.mul_(coef.view(-1, *([1] * (t.dim() - 1))))
+                    sq = stack.per_member(names, lambda t: squares(t.grad) if t.grad is not None else t.new_zeros(t.shape[0]))
+                    stack.scale_grads((tc.clip_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0))
             opt.step()
             if sched is not None:
                 sched.step()
@@ -183,15 +416,15 @@ def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> 
                 ema_updates += 1
                 with torch.no_grad():
                     if ema is None:
-                        ema = {k: params[k].detach().clone() for k in names}
+                        ema = {k: [t.detach().clone() for t in stack.params[k]] for k in names}
                     else:
                         m_ = ema_updates
                         d = min(tc.ema_decay, (1 + m_) / (10 + m_)) if tc.ema_warmup else tc.ema_decay
-                        torch._foreach_lerp_([ema[k] for k in names], [params[k].detach() for k in names], 1.0 - d)
+                        torch._foreach_lerp_([e for k in names for e in ema[k]], [t.detach() for t in tensors], 1.0 - d)
             loss_sums += per.detach().double().cpu() * idx.shape[1]
             seen += idx.shape[1]
             step += 1
-        current = ema if ema is not None else {k: params[k].detach() for k in names}
+        current = ema if ema is not None else {k: [t.detach() for t in stack.params[k]] for k in names}
         metrics = evaluate_members(current)
         elapsed = time.perf_counter() - start
         for g in range(G):
@@ -202,8 +435,7 @@ def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> 
                    "lr": opt.param_groups[0]["lr"], "time_s": elapsed}
             histories[g].append(row)
             if row["val_loss"] < best[g]["value"]:
-                best[g] = {"value": row["val_loss"], "epoch": epoch,
-                           "state": {k: current[k][g].detach().clone() for k in names}}
+                best[g] = {"value": row["val_loss"], "epoch": epoch, "state": stack.member_state(current, g)}
                 bad[g] = 0
             else:
                 bad[g] += 1
@@ -212,14 +444,13 @@ def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> 
         if not any(active) or (tc.max_steps is not None and step >= tc.max_steps):
             break
     elapsed = time.perf_counter() - start
-    results = []
-    for g, (spec, m) in enumerate(zip(specs, models)):
-        stacked = {k: v[None] for k, v in best[g]["state"].items()} if best[g]["state"] is not None else {k: params[k].detach()[g : g + 1] for k in names}
-        state = _unpad(stacked, 0, m)
-        m.load_state_dict(state)
+    results: list[dict] = [{}] * G
+    last = {k: [t.detach() for t in stack.params[k]] for k in names}
+    for g, m in enumerate(models):
+        m.load_state_dict(best[g]["state"] if best[g]["state"] is not None else stack.member_state(last, g))
         m.to(device=device, dtype=dtype).eval()
-        results.append({"model": m, "history": pd.DataFrame(histories[g]), "best_epoch": best[g]["epoch"],
-                        "train_time_s": elapsed / G, "device": str(device), "group_size": G})
+        results[order[g]] = {"model": m, "history": pd.DataFrame(histories[g]), "best_epoch": best[g]["epoch"],
+                             "train_time_s": elapsed / G, "device": str(device), "group_size": G}
     return results
 
 
