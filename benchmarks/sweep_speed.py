@@ -3,8 +3,10 @@
     .venv/bin/python benchmarks/sweep_speed.py            # planted-cross data, CPU
     .venv/bin/python benchmarks/sweep_speed.py --data movielens:100k --structure stacked
 
-Prints both wall times, the ratio, and the largest per-run difference of the test metrics
-(the two modes must agree: same seeds, same batches). Writes benchmarks/out/sweep_speed.json.
+The two modes alternate for ``--rounds`` rounds (wall times on shared machines drift by tens of
+per cent within minutes); prints every round's times and ratio, the median ratio, and the largest
+per-run difference of the test metrics (the two modes must agree: same seeds, same batches).
+Writes benchmarks/out/sweep_speed.json.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import time
 from datetime import datetime, timezone
@@ -35,6 +38,7 @@ def main(argv=None) -> int:
     p.add_argument("--cross-layers", type=int, default=2)
     p.add_argument("--deep-layers", default="256,128")
     p.add_argument("--device", default="auto")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of both modes")
     p.add_argument("--out", default=str(Path(__file__).parent / "out" / "sweep_speed.json"))
     args = p.parse_args(argv)
     ranks = [int(r) for r in args.ranks.split(",")]
@@ -45,11 +49,15 @@ def main(argv=None) -> int:
     grid = {"rank": ranks}
     # warm-up (imports, allocator) so neither mode pays it
     dx.sweep(data.sample(2000), base, {"rank": ranks[:1]}, seeds=1, train=train.replace(epochs=1), progress=False)
-    times, frames = {}, {}
-    for mode in ("one_by_one", "batched"):
-        t = time.perf_counter()
-        frames[mode] = dx.sweep(data, base, grid, seeds=args.seeds, train=train, progress=False, batched=(mode == "batched"))
-        times[mode] = time.perf_counter() - t
+    times: dict[str, list[float]] = {"one_by_one": [], "batched": []}
+    frames = {}
+    for _ in range(args.rounds):
+        for mode in ("one_by_one", "batched"):
+            t = time.perf_counter()
+            frames[mode] = dx.sweep(data, base, grid, seeds=args.seeds, train=train, progress=False, batched=(mode == "batched"))
+            times[mode].append(time.perf_counter() - t)
+    ratios = [a / b for a, b in zip(times["one_by_one"], times["batched"])]
+    speedup = statistics.median(ratios)
     a, b = frames["one_by_one"], frames["batched"]
     metric = "test_logloss" if "test_logloss" in a else "test_rmse"
     diff = float((a[metric] - b[metric]).abs().max())
@@ -57,14 +65,15 @@ def main(argv=None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"sweep: {len(a)} runs = ranks {ranks} x {args.seeds} seeds, {base.label()}, {args.epochs} epochs, "
           f"data {data.name} ({len(data)} rows), device {name}")
-    print(f"one by one: {times['one_by_one']:.1f} s   batched: {times['batched']:.1f} s   "
-          f"speed-up: {times['one_by_one'] / times['batched']:.2f}x   max |delta {metric}| per run: {diff:.2e}")
+    for r, (a_s, b_s) in enumerate(zip(times["one_by_one"], times["batched"]), 1):
+        print(f"round {r}: one by one {a_s:.1f} s   batched {b_s:.1f} s   ratio {a_s / b_s:.2f}x")
+    print(f"speed-up (median of {args.rounds} rounds): {speedup:.2f}x   max |delta {metric}| per run: {diff:.2e}")
     print(b[["rank", "seed", metric]].assign(one_by_one=a[metric].round(6), batched=b[metric].round(6)).to_string(index=False))
     write_json_atomic(args.out, {
         "command": " ".join([Path(sys.executable).name, *sys.argv]), "date": datetime.now(timezone.utc).isoformat(),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "device": name},
         "versions": {"torch": torch.__version__, "dcn_explore": dx.__version__},
-        "runs": len(a), "seconds": times, "speedup": times["one_by_one"] / times["batched"], "max_abs_diff": diff,
+        "runs": len(a), "rounds": args.rounds, "seconds": times, "ratios": ratios, "speedup": speedup, "max_abs_diff": diff,
         "metric": metric,
     })
     return 0

@@ -6,7 +6,7 @@ import dcn_explore as dx
 from dcn_explore.batched import can_batch, group_key
 from dcn_explore.sweep import expand
 
-TOL = 2e-4  # absolute, on test/val log loss and AUC: float reordering of batched vs single matmuls
+TOL = 1e-5  # absolute, on test/val metrics: float reordering of batched vs single matmuls (observed <= 1e-7)
 
 
 @pytest.fixture(scope="module")
