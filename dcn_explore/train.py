@@ -61,7 +61,7 @@ class TrainConfig:
     - ``dtype``: ``"float32"`` or ``"float64"`` (for the high-precision polynomial fits).
     - ``checkpoint``: a path; the best weights are saved there (atomically) as training goes.
     - ``sparse_embeddings``: train embedding tables with row-sparse gradients and lazy Adam
-      (``torch.optim.SparseAdam``: only the rows a batch touches are updated; their moving
+      (:class:`LazyAdam`, ``torch.optim.SparseAdam``'s rule: only the rows a batch touches are updated; their moving
       average is kept exactly, see ``_EMA``). ``"auto"`` = on when the tables hold at least
       ``SPARSE_AUTO_MIN_PARAMS`` parameters, where dense Adam over every row dominates a step.
     - ``compile``: run the training forward through ``torch.compile`` (``True`` = the default
@@ -242,6 +242,49 @@ def evaluate(model: DCNv2, data: TabularData, batch_size: int = 16384) -> dict[s
 
 def _loss_key(task: str) -> str:
     return "logloss" if task == "binary" else "rmse"
+
+
+class LazyAdam(torch.optim.Optimizer):
+    """Adam for row-sparse gradients: only the rows a batch touched are updated.
+
+    The rule and its arithmetic are ``torch.optim.SparseAdam``'s (moments of untouched rows are
+    left as they are; bias correction by the parameter's step count), but the touched rows are
+    read with ``index_select`` and written back with ``index_copy_``/``index_add_`` on the
+    coalesced rows instead of through sparse-tensor masks and additions, which on the CPU cost
+    several milliseconds per step for a batch of Criteo-sized lookups (``benchmarks/speed.py``).
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            (b1, b2), lr, eps = group["betas"], group["lr"], group["eps"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if not p.grad.is_sparse:
+                    raise ConfigError("LazyAdam needs row-sparse gradients (embedding lookups with sparse=True)")
+                g = p.grad.coalesce()  # the update is non-linear: each row once
+                rows, values = g._indices()[0], g._values()
+                if rows.numel() == 0:
+                    continue
+                st = self.state[p]
+                if not st:
+                    st["step"] = 0
+                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["step"] += 1
+                m_old = st["exp_avg"].index_select(0, rows)
+                v_old = st["exp_avg_sq"].index_select(0, rows)
+                m = values.sub(m_old).mul_(1 - b1).add_(m_old)  # old + (1 - b1)(new - old)
+                v = values.pow(2).sub_(v_old).mul_(1 - b2).add_(v_old)
+                st["exp_avg"].index_copy_(0, rows, m)
+                st["exp_avg_sq"].index_copy_(0, rows, v)
+                step_size = lr * math.sqrt(1 - b2 ** st["step"]) / (1 - b1 ** st["step"])
+                p.index_add_(0, rows, m.div_(v.sqrt_().add_(eps)).mul_(-step_size))
+        return None
 
 
 class _EMA:
@@ -491,7 +534,7 @@ def fit(
     dense_params = [p for p in model.parameters() if id(p) not in table_ids]
     optimizers = [torch.optim.Adam(dense_params, lr=cfg.lr, foreach=True)]
     if tables:
-        optimizers.append(torch.optim.SparseAdam(tables, lr=cfg.lr))
+        optimizers.append(LazyAdam(tables, lr=cfg.lr))
     n = len(tr)
     steps_per_epoch = n // cfg.batch_size if use_ddp else math.ceil(n / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)

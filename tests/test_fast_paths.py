@@ -118,3 +118,28 @@ def test_compiled_training_forward_gives_the_same_run(parts):
             cfg = dx.TrainConfig(epochs=1, progress=False, compile=comp, sparse_embeddings=sparse)
             hist.append(dx.fit(m, train, val, cfg).history)
         assert abs(hist[0].val_logloss.iloc[0] - hist[1].val_logloss.iloc[0]) < 1e-5
+
+
+def test_lazy_adam_updates_exactly_as_sparse_adam_and_refuses_dense_gradients():
+    import torch.nn.functional as F
+
+    from dcn_explore.errors import ConfigError
+    from dcn_explore.train import LazyAdam
+
+    torch.manual_seed(0)
+    start = torch.randn(50, 4)
+    ours, ref = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    opts = [LazyAdam([ours], lr=1e-2), torch.optim.SparseAdam([ref], lr=1e-2)]
+    seen = torch.zeros(50, dtype=torch.bool)
+    for step in range(5):
+        ids, go = torch.randint(0, 40, (16, 3)), torch.randn(16, 3, 4)  # repeated ids: gradients add up
+        seen[ids.flatten()] = True
+        for p, o in zip((ours, ref), opts):
+            p.grad = None
+            F.embedding(ids, p, sparse=True).backward(go)
+            o.step()
+        assert torch.equal(ours, ref), step
+    assert torch.equal(ours[~seen], start[~seen]) and not torch.equal(ours[seen], start[seen])  # lazy: rows 40.. untouched
+    ours.grad = torch.ones_like(ours)
+    with pytest.raises(ConfigError, match="row-sparse"):
+        opts[0].step()
