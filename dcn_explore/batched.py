@@ -343,7 +343,10 @@ def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> 
     stack = _Stack(models, device, dtype)
     names = stack.names
     tensors = stack.tensors()
-    opt = torch.optim.Adam(tensors, lr=tc.lr, foreach=True)
+    try:  # one fused kernel per tensor: the same Adam, fewer passes over the stacked parameters
+        opt = torch.optim.Adam(tensors, lr=tc.lr, fused=True)
+    except RuntimeError:  # a device without the fused kernel
+        opt = torch.optim.Adam(tensors, lr=tc.lr, foreach=True)
     n = len(train)
     steps_per_epoch = math.ceil(n / tc.batch_size)
     total_steps = steps_per_epoch * tc.epochs if tc.max_steps is None else min(tc.max_steps, steps_per_epoch * tc.epochs)
@@ -369,6 +372,8 @@ def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> 
         logits = torch.cat(outs, dim=1).cpu()
         return [metrics_from_outputs(logits[g], va.label.cpu(), task) for g in range(G)]
 
+    l2_kernels = [t for k in stack.kernel_names for t in stack.params[k]] if tc.l2 > 0 else []
+
     def squares(t: torch.Tensor) -> torch.Tensor:
         return t.pow(2).flatten(1).sum(1)
 
@@ -393,9 +398,10 @@ def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> 
                 per = F.binary_cross_entropy_with_logits(out, label, reduction="none").mean(1)
             else:
                 per = F.mse_loss(out, label, reduction="none").mean(1)
-            total = per
-            if tc.l2 > 0 and stack.kernel_names:
-                total = total + tc.l2 * stack.per_member(stack.kernel_names, squares)
+            total = per.detach()
+            if l2_kernels:  # λ Σ‖W‖²: its value for the check below, its gradient 2λW added after backward
+                with torch.no_grad():
+                    total = total + tc.l2 * stack.per_member(stack.kernel_names, squares)
             bad_members = ~torch.isfinite(total)
             if bool(bad_members.any()):
                 g = int(bad_members.nonzero()[0])
@@ -404,7 +410,9 @@ def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> 
                     f"{float(total[g])} at step {step + 1} (epoch {epoch}); last good metrics: "
                     f"{histories[g][-1] if histories[g] else 'none (diverged in the first epoch)'}")
             opt.zero_grad(set_to_none=True)
-            total.sum().backward()
+            per.sum().backward()
+            if l2_kernels:
+                torch._foreach_add_([t.grad for t in l2_kernels], l2_kernels, alpha=2 * tc.l2)
             if tc.clip_norm is not None:
                 with torch.no_grad():
                     sq = stack.per_member(names, lambda t: squares(t.grad) if t.grad is not None else t.new_zeros(t.shape[0]))
