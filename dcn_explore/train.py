@@ -611,7 +611,7 @@ def fit(
                     if best["state"] is not None:
                         model.load_state_dict(best["state"])
                     raise TrainingDivergedError(
-                        f"training loss became {float(total)} at step {step + 1} (epoch {epoch}, batch {bi + 1}); "
+                        f"training loss became {float(total.detach())} at step {step + 1} (epoch {epoch}, batch {bi + 1}); "
                         f"last good metrics: {last_good or 'none (diverged in the first epoch)'}; "
                         + ("the model holds the best weights so far" if best["state"] is not None else "no good weights to restore")
                         + (f"; checkpoint {cfg.checkpoint} was not touched" if cfg.checkpoint else "")
