@@ -12,7 +12,7 @@ and put in schema order with one precomputed column permutation.
 ...             FeatureSpec("x", "dense"),
 ...             FeatureSpec("b", "categorical", vocab_size=7, embedding_dim=3)])
 >>> emb = FeatureEmbedding(s)
->>> x0 = emb(torch.tensor([[1, 6]]), torch.zeros(1, 0, 0, dtype=torch.long), torch.tensor([[0.5]]))
+>>> x0 = emb(torch.tensor([[1, 6]]), torch.zeros(1, 0, 0, dtype=torch.long), torch.tensor([[0.5]])).detach()
 >>> x0.shape, float(x0[0, 2]), torch.equal(x0[0, :2], emb.table("a")[1])
 (torch.Size([1, 6]), 0.5, True)
 """
