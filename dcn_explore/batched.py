@@ -51,7 +51,7 @@ from ._io import write_json_atomic
 from .checkpoint import save_checkpoint
 from .data.dataset import TabularData
 from .errors import TrainingDivergedError
-from .model.dcn import DCNv2
+from .model.dcn import DCNv2, combine
 from .train import DTYPES, SPARSE_AUTO_MIN_PARAMS, _loss_key, metrics_from_outputs, resolve_device
 
 
@@ -155,11 +155,6 @@ class _CrossLayers(torch.autograd.Function):
         return (gx0, gx, gb, None, *gw)
 
 
-def _is_kernel(name: str) -> bool:
-    """Cross-layer weights under the L2 term (``W``, ``U``, ``V``, ``C``, ``w``; not the bias)."""
-    return name.startswith("cross.") and any(name.endswith(s) for s in (".W", ".U", ".V", ".C", ".w"))
-
-
 class _Stack:
     """The parameters of ``G`` member models stacked along a leading member axis.
 
@@ -190,7 +185,6 @@ class _Stack:
             group_rank = {g: ranks[s.stop - 1] for s in groups for g in range(s.start, s.stop)}
             states = [(_pad_to_rank(m, group_rank[g]) if group_rank[g] else m).to(device=device, dtype=dtype).state_dict()
                       for g, m in enumerate(models)]
-            self.rank_groups = groups
             self._basis = self._basis_dims(models[0]) if not models[0].embedding.identity_order else {}
             if self._basis:  # work in the embedding's concatenation order: no column shuffle of x0 per step
                 inv = torch.argsort(models[0].embedding.perm)
@@ -217,7 +211,8 @@ class _Stack:
 
             self._vmapped = {False: vmap(one, in_dims=(0, 0, 0, 0, 0)), True: vmap(one, in_dims=(0, 0, None, None, None))}
         self.names = list(self.params)
-        self.kernel_names = [k for k in self.names if _is_kernel(k)]
+        kernels = {id(k) for k in models[0].cross_kernels()}  # the weights under the L2 term (Sec. 3.4)
+        self.kernel_names = [k for k, p in models[0].named_parameters() if id(p) in kernels]
         self._emb = models[0].embedding
         self._members = torch.arange(self.G, device=device)
 
@@ -265,45 +260,30 @@ class _Stack:
                     out[name] = (self._permute(name, v, self._perm) if self._basis else v).clone()
         return out
 
-    def forward(self, categorical, multivalent, dense, shared: bool = False) -> torch.Tensor:
-        """Logits ``(G, B)``; inputs are ``(G, B, ...)`` (each member its own batch) or, with ``shared``,
-        one ``(B, ...)`` batch for every member."""
+    def forward(self, categorical, multivalent, dense, shared: bool = False,
+                params: dict[str, list[torch.Tensor]] | None = None) -> torch.Tensor:
+        """Logits ``(G, B)`` with ``params`` (default: the trained ones; e.g. their moving average);
+        inputs are ``(G, B, ...)`` (each member its own batch) or, with ``shared``, one ``(B, ...)``
+        batch for every member."""
+        p = self.params if params is None else params
         if not self.fast:
-            p = {k: v[0] for k, v in self.params.items()}
-            return self._vmapped[shared](p, self._buffers, categorical, multivalent, dense)
-        return self._head(self._embed(categorical, multivalent, dense))
+            return self._vmapped[shared]({k: v[0] for k, v in p.items()}, self._buffers, categorical, multivalent, dense)
+        emb = self._emb
+        flat = [[t[0].reshape(-1, t[0].shape[-1]) for t in (p[f"embedding.{kind}_tables.{i}"] for i in range(n))]
+                for kind, n in (("cat", len(emb._cat_groups)), ("mv", len(emb._mv_groups)))]
+        # with a permuted basis the parameters already are in the concatenation order
+        x0 = emb.lookup(categorical, multivalent, dense, *flat, copies=self.G, reorder=False)
+        return self._head(x0, p)
 
-    def _embed(self, categorical, multivalent, dense) -> torch.Tensor:
-        emb, G = self._emb, self.G
-        B = dense.shape[-2]
-        parts = []
-        member = self._members.view(G, 1, 1)
-        for t, (width, n) in enumerate(emb._cat_groups):
-            table = self.params[f"embedding.cat_tables.{t}"][0]  # (G, rows, width)
-            ids = categorical.index_select(-1, getattr(emb, f"cat_cols_{t}")) + getattr(emb, f"cat_offsets_{t}")
-            ids = ids + member * table.shape[1]
-            parts.append(table.reshape(-1, width).index_select(0, ids.reshape(-1)).view(G, B, n * width))
-        for t, (width, n, pad) in enumerate(emb._mv_groups):
-            table = self.params[f"embedding.mv_tables.{t}"][0]  # (G, rows + 1, width)
-            sel = multivalent.index_select(-2, getattr(emb, f"mv_cols_{t}"))
-            ids = sel + getattr(emb, f"mv_offsets_{t}")[:, None] + member[..., None] * table.shape[1]
-            ids = torch.where(sel == 0, pad, ids)  # every member pads with member 0's zero row, excluded from the mean
-            bag = F.embedding_bag(ids.reshape(-1, ids.shape[-1]), table.reshape(-1, width), mode="mean", padding_idx=pad)
-            parts.append(bag.reshape(G, B, n * width))
-        if emb.n_dense:
-            parts.append(dense.to(parts[0].dtype if parts else dense.dtype).expand(G, B, -1))
-        x0 = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
-        return x0 if emb.identity_order or self._basis else x0.index_select(-1, emb.perm)
-
-    def _head(self, x0: torch.Tensor) -> torch.Tensor:
+    def _head(self, x0: torch.Tensor, p: dict[str, list[torch.Tensor]]) -> torch.Tensor:
         m, cfg = self.models[0], self.models[0].config
 
         def cross(x):
             xl = x
             for i in range(cfg.cross_layers):
                 pre = f"cross.layers.{i}."
-                b = self.params[pre + "b"][0] if pre + "b" in self.params else None
-                ws = [t for pair in zip(*(self.params[pre + f] for f in (("U", "V") if cfg.cross == "low_rank" else ("W",))))
+                b = p[pre + "b"][0] if pre + "b" in p else None
+                ws = [t for pair in zip(*(p[pre + f] for f in (("U", "V") if cfg.cross == "low_rank" else ("W",))))
                       for t in pair]
                 xl = _CrossLayers.apply(x, xl, b, (cfg.cross, cfg.cross_residual, self.slices.get(pre + "U", [slice(0, self.G)])), *ws)
             return xl
@@ -311,23 +291,14 @@ class _Stack:
         def deep(h):
             for j, mod in enumerate(m.deep.net):
                 if isinstance(mod, torch.nn.Linear):
-                    w, b = self.params[f"deep.net.{j}.weight"][0], self.params[f"deep.net.{j}.bias"][0]
+                    w, b = p[f"deep.net.{j}.weight"][0], p[f"deep.net.{j}.bias"][0]
                     h = torch.baddbmm(b.unsqueeze(1), h, w.mT)
                 elif isinstance(mod, torch.nn.ReLU):
                     h = h.relu()
             return h
 
-        s = cfg.structure
-        if s == "stacked":
-            z = deep(cross(x0))
-        elif s == "parallel":
-            z = torch.cat([cross(x0), deep(x0)], dim=-1)
-        elif s == "cross_only":
-            z = cross(x0)
-        else:
-            z = deep(x0)
-        w, b = self.params["logit.weight"][0], self.params["logit.bias"][0]
-        return torch.baddbmm(b.unsqueeze(-1), z, w.mT).squeeze(-1)
+        w, b = p["logit.weight"][0], p["logit.bias"][0]
+        return torch.baddbmm(b.unsqueeze(-1), combine(cfg.structure, x0, cross, deep), w.mT).squeeze(-1)
 
 
 def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> list[dict]:
@@ -359,16 +330,11 @@ def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> 
 
     def evaluate_members(values: dict[str, list[torch.Tensor]]) -> list[dict]:
         outs = []
-        live = stack.params
-        stack.params = values
-        try:
-            with torch.no_grad():
-                chunk = min(tc.eval_batch_size, tc.batch_size)  # G stacked copies: keep them cache-sized
-                for i in range(0, len(va), chunk):
-                    b = va.batch(slice(i, i + chunk))
-                    outs.append(stack.forward(b.categorical, b.multivalent, b.dense.to(dtype), shared=True).float())
-        finally:
-            stack.params = live
+        with torch.no_grad():
+            chunk = min(tc.eval_batch_size, tc.batch_size)  # G stacked copies: keep them cache-sized
+            for i in range(0, len(va), chunk):
+                b = va.batch(slice(i, i + chunk))
+                outs.append(stack.forward(b.categorical, b.multivalent, b.dense.to(dtype), shared=True, params=values).float())
         logits = torch.cat(outs, dim=1).cpu()
         return [metrics_from_outputs(logits[g], va.label.cpu(), task) for g in range(G)]
 

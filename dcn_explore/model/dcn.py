@@ -52,6 +52,17 @@ class DeepNetwork(nn.Module):
         return sum(2 * m.in_features * m.out_features + 2 * m.out_features for m in self.net if isinstance(m, nn.Linear))
 
 
+def combine(structure: str, x0: torch.Tensor, cross, deep) -> torch.Tensor:
+    """What the logit layer sees for ``structure`` (Fig. 1), given the cross and deep networks as callables."""
+    if structure == "stacked":
+        return deep(cross(x0))
+    if structure == "parallel":
+        return torch.cat([cross(x0), deep(x0)], dim=-1)
+    if structure == "cross_only":
+        return cross(x0)
+    return deep(x0)
+
+
 class DCNv2(nn.Module):
     """The DCN-V2 family on one :class:`~dcn_explore.schema.Schema` (Eq. 1–4, Fig. 1)."""
 
@@ -101,16 +112,7 @@ class DCNv2(nn.Module):
 
     def head(self, x0: torch.Tensor) -> torch.Tensor:
         """``x0: (B, d)`` -> logit ``(B,)``."""
-        s = self.config.structure
-        if s == "stacked":
-            z = self.deep(self.cross(x0))
-        elif s == "parallel":
-            z = torch.cat([self.cross(x0), self.deep(x0)], dim=1)
-        elif s == "cross_only":
-            z = self.cross(x0)
-        else:
-            z = self.deep(x0)
-        return self.logit(z).squeeze(-1)
+        return self.logit(combine(self.config.structure, x0, self.cross, self.deep)).squeeze(-1)
 
     def forward(self, categorical: torch.Tensor, multivalent: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(categorical, multivalent, dense))

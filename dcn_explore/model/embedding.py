@@ -90,21 +90,39 @@ class FeatureEmbedding(nn.Module):
 
     def forward(self, categorical: torch.Tensor, multivalent: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """``categorical: (B, n_cat)``, ``multivalent: (B, n_mv, L)``, ``dense: (B, n_dense)`` -> ``x0: (B, d)``."""
-        B = categorical.shape[0] if categorical.dim() == 2 else dense.shape[0]
+        return self.lookup(categorical, multivalent, dense, list(self.cat_tables), list(self.mv_tables))
+
+    def lookup(self, categorical: torch.Tensor, multivalent: torch.Tensor, dense: torch.Tensor,
+               cat_tables: list[torch.Tensor], mv_tables: list[torch.Tensor], copies: int = 0,
+               reorder: bool = True) -> torch.Tensor:
+        """``x0`` from the given tables (this layer's own, or ``copies`` copies of them stacked row-wise,
+        copy ``g``'s rows at ``g · rows``: then the output is ``(copies, B, d)``, one ``x0`` per copy, and
+        the inputs are one ``(B, ...)`` batch for all copies or ``(copies, B, ...)``, one each).
+        ``reorder=False`` keeps the concatenation order instead of the schema order."""
+        B = categorical.shape[-2] if categorical.dim() >= 2 else dense.shape[-2]
+        lead = (copies, B) if copies else (B,)
+        copy = torch.arange(copies, device=dense.device).view(copies, 1, 1) if copies else None
         parts = []
         for t, (width, n) in enumerate(self._cat_groups):
-            cols = getattr(self, f"cat_cols_{t}")
-            ids = categorical.index_select(1, cols) + getattr(self, f"cat_offsets_{t}")
+            table = cat_tables[t]
+            ids = categorical.index_select(-1, getattr(self, f"cat_cols_{t}")) + getattr(self, f"cat_offsets_{t}")
+            if copies:
+                ids = ids + copy * (table.shape[0] // copies)
             if self.sparse_grad:
-                parts.append(F.embedding(ids, self.cat_tables[t], sparse=True).reshape(B, n * width))
+                parts.append(F.embedding(ids, table, sparse=True).reshape(*lead, n * width))
             else:  # same rows; index_select's backward (index_add) beats embedding's on the CPU
-                parts.append(self.cat_tables[t].index_select(0, ids.reshape(-1)).view(B, n * width))
+                parts.append(table.index_select(0, ids.reshape(-1)).view(*lead, n * width))
         for t, (width, n, pad) in enumerate(self._mv_groups):
-            sel = multivalent.index_select(1, getattr(self, f"mv_cols_{t}"))  # (B, n, L)
-            ids = torch.where(sel == 0, pad, sel + getattr(self, f"mv_offsets_{t}")[None, :, None])
-            bag = F.embedding_bag(ids.reshape(B * n, -1), self.mv_tables[t], mode="mean", padding_idx=pad, sparse=self.sparse_grad)
-            parts.append(bag.reshape(B, n * width))
+            table = mv_tables[t]
+            sel = multivalent.index_select(-2, getattr(self, f"mv_cols_{t}"))  # (..., n, L)
+            ids = sel + getattr(self, f"mv_offsets_{t}")[:, None]
+            if copies:
+                ids = ids + copy[..., None] * (table.shape[0] // copies)
+            # padding (id 0) -> the zero row; with copies, copy 0's zero row for all (excluded from the mean)
+            ids = torch.where(sel == 0, pad, ids)
+            bag = F.embedding_bag(ids.reshape(-1, ids.shape[-1]), table, mode="mean", padding_idx=pad, sparse=self.sparse_grad)
+            parts.append(bag.reshape(*lead, n * width))
         if self.n_dense:
-            parts.append(dense.to(parts[0].dtype if parts else dense.dtype))
-        x0 = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        return x0 if self.identity_order else x0.index_select(1, self.perm)
+            parts.append(dense.to(parts[0].dtype if parts else dense.dtype).expand(*lead, -1))
+        x0 = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+        return x0 if self.identity_order or not reorder else x0.index_select(-1, self.perm)
