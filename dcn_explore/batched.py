@@ -7,11 +7,11 @@ training settings) are trained together: their parameters are stacked along a le
 - Full-rank and low-rank cross layers (any structure, with or without a deep network, and DNNs)
   run on a hand-written stacked engine (:class:`_Stack`): one lookup per embedding width for all
   members (each member's tables stacked, ids shifted by member), ``bmm``/``baddbmm`` per layer,
-  and a cross layer with its own backward (:class:`_CrossLayers`: the same batched matmuls and
-  two element-wise products, fewer passes over the ``(G, B, d)`` activations than autograd's
-  generic graph). It works in the embedding's concatenation order (the parameters are permuted
-  once instead of ``x0``'s columns every step). Members are sorted by rank; neighbours within a
-  factor 4 share one factor zero-padded to the group's highest rank, farther ranks get their own.
+  and the whole cross network as one function with its own backward (:class:`_CrossNet`: the same
+  batched matmuls and two element-wise products per layer, fewer passes over the ``(G, B, d)``
+  activations than autograd's generic graph; a low-rank layer's bias rides in its factor product).
+  It works in the embedding's concatenation order (the parameters are permuted once instead of
+  ``x0``'s columns every step). Members are sorted by rank; neighbours within a factor 4 share one factor zero-padded to the group's highest rank, farther ranks get their own.
 - Mixture and DCN (vector) layers, or a ``diag_scale``, use ``torch.func``: the stacked state of
   ``stack_module_state`` with the forward ``vmap``-ed over ``functional_call``, lower ranks
   zero-padded.
@@ -96,63 +96,122 @@ def _pad_to_rank(model: DCNv2, rank: int) -> DCNv2:
     return big
 
 
-class _CrossLayers(torch.autograd.Function):
-    """One low-rank or full-rank cross layer for every member at once, with a hand-written backward.
+class _CrossNet(torch.autograd.Function):
+    """The whole cross network (every layer) for every member at once, with a hand-written backward.
 
-    ``x0, x: (G, B, d)``; members come in contiguous groups of equal rank (``slices``), each group with
-    its own stacked factors: ``(U, V)`` of shape ``(G_k, d, r_k)`` or ``W: (G_k, d, d)``; ``b: (G, d)``
-    or ``None``. Forward: ``x0 ⊙ (x Wᵀ + b) + x`` (Eq. 1 / Eq. 2), one (b)addbmm per group and factor.
-    The backward keeps to the same few batched matmuls and two element-wise products, which is what
-    makes a stacked step cheaper than autograd's generic one (fewer passes over ``(G, B, d)`` tensors)."""
+    ``x0: (G, B, d)``; members come in contiguous groups of equal rank (``slices``), each group with
+    its own stacked factors; ``params`` per layer: the bias ``b: (G, d)`` (when the layers have one),
+    then per group ``U, V: (G_k, d, r_k)`` (low rank) or ``W: (G_k, d, d)`` (full rank).
+    Forward per layer: ``x_{l+1} = x0 ⊙ (x_l Wᵀ + b) + x_l`` (Eq. 1 / Eq. 2).
+
+    - A low-rank layer folds its bias into the second product as one more factor column
+      (``[x V, 1] [Uᵀ; bᵀ]``), so neither the bias nor its gradient costs a pass over the activations.
+    - The backward keeps to the batched matmuls and two element-wise products per layer, accumulates
+      ``x0``'s gradient in place and writes each layer's input gradient over the buffer it made for the
+      layer above (fewer passes and fresh buffers than autograd's generic graph).
+    - Each rank group goes through all layers before the next group starts."""
 
     @staticmethod
-    def forward(ctx, x0, x, b, layout, *weights):
-        kind, residual, slices = layout
-        wx = torch.empty_like(x)
-        hidden = []
-        for i, s in enumerate(slices):
-            if kind == "low_rank":
-                U, V = weights[2 * i], weights[2 * i + 1]
-                left, right = torch.bmm(x[s], V), U.mT
-                hidden.append(left)
-            else:
-                left, right = x[s], weights[i].mT
-            if b is None:
-                torch.bmm(left, right, out=wx[s])
-            else:
-                torch.baddbmm(b[s].unsqueeze(1), left, right, out=wx[s])
-        ctx.layout = layout
-        ctx.has_bias = b is not None
-        ctx.save_for_backward(x0, x, wx, *weights, *hidden)
-        return torch.addcmul(x, x0, wx) if residual else x0 * wx
+    def forward(ctx, x0, layout, *params):
+        kind, residual, slices, layers, has_bias = layout
+        low = kind == "low_rank"
+        per = int(has_bias) + len(slices) * (2 if low else 1)
+        out, saved = torch.empty_like(x0), []
+        for i, cs in enumerate(slices):
+            x0c = x0[cs]
+            x = x0c
+            for layer in range(layers):
+                p = layer * per
+                b = params[p][cs] if has_bias else None
+                w = p + int(has_bias)
+                if low:
+                    U, V = params[w + 2 * i], params[w + 2 * i + 1]
+                    h = torch.bmm(x, V)
+                    if b is None:
+                        ut = U.mT.contiguous()
+                    else:
+                        h = torch.cat([h, h.new_ones(*h.shape[:2], 1)], dim=-1)
+                        ut = torch.cat([U.mT, b.unsqueeze(1)], dim=1)
+                    wx = torch.bmm(h, ut)
+                    saved += [h, ut, V.mT.contiguous()]
+                elif b is None:
+                    wx = torch.bmm(x, params[w + i].mT)
+                else:
+                    wx = torch.baddbmm(b.unsqueeze(1), x, params[w + i].mT)
+                saved += [x, wx]
+                dst = out[cs] if layer == layers - 1 else None
+                x = torch.addcmul(x, x0c, wx, out=dst) if residual else torch.mul(x0c, wx, out=dst)
+        ctx.layout, ctx.n_params = layout, len(params)
+        ctx.save_for_backward(x0, *params, *saved)
+        return out
 
     @staticmethod
     def backward(ctx, g):
-        kind, residual, slices = ctx.layout
-        x0, x, wx, *rest = ctx.saved_tensors
-        per = 2 if kind == "low_rank" else 1
-        weights, hidden = rest[: per * len(slices)], rest[per * len(slices):]
+        kind, residual, slices, layers, has_bias = ctx.layout
+        x0, *rest = ctx.saved_tensors
+        params, saved = rest[: ctx.n_params], rest[ctx.n_params :]
+        low = kind == "low_rank"
+        per, keep = int(has_bias) + len(slices) * (2 if low else 1), 5 if low else 2
+        grads: list[torch.Tensor | None] = [None] * len(params)
+        for layer in range(layers if has_bias else 0):  # a bias is shared by the groups: each writes its rows
+            grads[layer * per] = torch.empty_like(params[layer * per])
         g = g.contiguous()
-        gwx = g * x0
-        gx0 = g * wx
-        gb = gwx.sum(1) if ctx.has_bias else None
-        gx = torch.empty_like(x)
-        gw = []
-        for i, s in enumerate(slices):
-            gs = gwx[s]
-            if kind == "low_rank":
-                U, V = weights[2 * i], weights[2 * i + 1]
-                gv = torch.bmm(gs, U)
-                gw += [torch.bmm(gs.mT, hidden[i]), torch.bmm(x[s].mT, gv)]
-                left, right = gv, V.mT
-            else:
-                gw.append(torch.bmm(gs.mT, x[s]))
-                left, right = gs, weights[i]
-            if residual:
-                torch.baddbmm(g[s], left, right, out=gx[s])
-            else:
-                torch.bmm(left, right, out=gx[s])
-        return (gx0, gx, gb, None, *gw)
+        gx0 = torch.empty_like(x0)
+        for i, cs in enumerate(slices):
+            x0c, gc, acc = x0[cs], g[cs], gx0[cs]
+            gwx = torch.empty_like(x0c)
+            own = False  # gc is a buffer made here (then free to overwrite), not the incoming gradient
+            for layer in reversed(range(layers)):
+                sv = saved[(i * layers + layer) * keep : (i * layers + layer + 1) * keep]
+                x, wx = sv[-2], sv[-1]
+                p = layer * per
+                w = p + int(has_bias)
+                torch.mul(gc, x0c, out=gwx)
+                if layer == layers - 1:
+                    torch.mul(gc, wx, out=acc)
+                else:
+                    acc.addcmul_(gc, wx)
+                gx = gc if own else torch.empty_like(x0c)  # gc is dead once gwx and acc have it
+                if low:
+                    h, ut, vt = sv[:3]
+                    r = vt.shape[1]
+                    gh = torch.bmm(gwx, ut[:, :r].mT)
+                    gut = torch.bmm(h.mT, gwx)  # [gUᵀ; gbᵀ]
+                    grads[w + 2 * i] = gut[:, :r].mT
+                    grads[w + 2 * i + 1] = torch.bmm(x.mT, gh)
+                    if has_bias:
+                        grads[p][cs] = gut[:, r]
+                    left, right = gh, vt
+                else:
+                    grads[w + i] = torch.bmm(gwx.mT, x)
+                    if has_bias:
+                        torch.sum(gwx, 1, out=grads[p][cs])
+                    left, right = gwx, params[w + i]
+                if not residual:
+                    torch.bmm(left, right, out=gx)
+                elif own:
+                    gx.baddbmm_(left, right)
+                else:
+                    torch.baddbmm(gc, left, right, out=gx)
+                gc, own = gx, True
+            acc.add_(gc)
+        return (gx0, None, *grads)
+
+
+class _Logit(torch.autograd.Function):
+    """``h wᵀ + b`` per member (``h: (G, B, k)``, ``w: (G, 1, k)``, ``b: (G, 1)`` -> ``(G, B)``). Its backward
+    is an outer product and a row-vector product: autograd's generic backward of a width-1 ``bmm`` is
+    several times slower on the CPU."""
+
+    @staticmethod
+    def forward(ctx, h, w, b):
+        ctx.save_for_backward(h, w)
+        return torch.baddbmm(b.unsqueeze(-1), h, w.mT).squeeze(-1)
+
+    @staticmethod
+    def backward(ctx, g):
+        h, w = ctx.saved_tensors
+        return g.unsqueeze(-1) * w, torch.bmm(g.unsqueeze(1), h), g.sum(1, keepdim=True)
 
 
 class _Stack:
@@ -279,14 +338,14 @@ class _Stack:
         m, cfg = self.models[0], self.models[0].config
 
         def cross(x):
-            xl = x
+            flat, has_bias = [], "cross.layers.0.b" in p
             for i in range(cfg.cross_layers):
                 pre = f"cross.layers.{i}."
-                b = p[pre + "b"][0] if pre + "b" in p else None
-                ws = [t for pair in zip(*(p[pre + f] for f in (("U", "V") if cfg.cross == "low_rank" else ("W",))))
-                      for t in pair]
-                xl = _CrossLayers.apply(x, xl, b, (cfg.cross, cfg.cross_residual, self.slices.get(pre + "U", [slice(0, self.G)])), *ws)
-            return xl
+                flat += p[pre + "b"] if has_bias else []
+                flat += [t for pair in zip(*(p[pre + f] for f in (("U", "V") if cfg.cross == "low_rank" else ("W",))))
+                         for t in pair]
+            slices = self.slices.get("cross.layers.0.U", [slice(0, self.G)])
+            return _CrossNet.apply(x, (cfg.cross, cfg.cross_residual, slices, cfg.cross_layers, has_bias), *flat)
 
         def deep(h):
             for j, mod in enumerate(m.deep.net):
@@ -298,7 +357,7 @@ class _Stack:
             return h
 
         w, b = p["logit.weight"][0], p["logit.bias"][0]
-        return torch.baddbmm(b.unsqueeze(-1), combine(cfg.structure, x0, cross, deep), w.mT).squeeze(-1)
+        return _Logit.apply(combine(cfg.structure, x0, cross, deep), w, b)
 
 
 def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> list[dict]:

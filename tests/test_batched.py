@@ -96,33 +96,43 @@ def test_stacked_engine_equals_one_by_one_with_multivalent_and_dense(task, base,
         assert (seq[col] - bat[col]).abs().max() < TOL, col
 
 
-@pytest.mark.parametrize("kind, residual, bias", [("low_rank", True, True), ("low_rank", False, False), ("full", True, False)])
-def test_stacked_cross_layer_backward_is_the_gradient(kind, residual, bias):
+@pytest.mark.parametrize("kind, residual, bias", [("low_rank", True, True), ("low_rank", False, False), ("full", True, True),
+                                                   ("full", False, False)])
+def test_stacked_cross_network_backward_is_the_gradient(kind, residual, bias):
     import torch
 
-    from dcn_explore.batched import _CrossLayers
+    from dcn_explore.batched import _CrossNet, _Logit
 
     torch.manual_seed(0)
-    G, B, d = 5, 3, 4
-    slices = [slice(0, 2), slice(2, 5)]
+    G, B, d, layers = 5, 3, 4, 2
+    slices = [slice(0, 2), slice(2, 5)] if kind == "low_rank" else [slice(0, G)]
     ranks = [2, 3]
-    x0 = torch.randn(G, B, d, dtype=torch.double, requires_grad=True)
-    x = torch.randn(G, B, d, dtype=torch.double, requires_grad=True)
-    b = torch.randn(G, d, dtype=torch.double, requires_grad=True) if bias else None
-    if kind == "low_rank":
-        ws = [t for s, r in zip(slices, ranks) for t in
-              (torch.randn(s.stop - s.start, d, r, dtype=torch.double, requires_grad=True),
-               torch.randn(s.stop - s.start, d, r, dtype=torch.double, requires_grad=True))]
-    else:
-        slices = [slice(0, G)]
-        ws = [torch.randn(G, d, d, dtype=torch.double, requires_grad=True)]
-    layout = (kind, residual, slices)
-    assert torch.autograd.gradcheck(lambda x0, x, b, *w: _CrossLayers.apply(x0, x, b, layout, *w), (x0, x, b, *ws))
-    # and the forward is Eq. 1 / Eq. 2 member by member
-    out = _CrossLayers.apply(x0, x, b, layout, *ws)
+
+    def leaf(*shape):
+        return torch.randn(*shape, dtype=torch.double, requires_grad=True)
+
+    x0 = leaf(G, B, d)
+    per_layer = []
+    for _ in range(layers):
+        ps = [leaf(G, d)] if bias else []
+        if kind == "low_rank":
+            ps += [t for s, r in zip(slices, ranks) for t in (leaf(s.stop - s.start, d, r), leaf(s.stop - s.start, d, r))]
+        else:
+            ps.append(leaf(G, d, d))
+        per_layer.append(ps)
+    flat = [t for ps in per_layer for t in ps]
+    layout = (kind, residual, slices, layers, bias)
+    assert torch.autograd.gradcheck(lambda x0, *p: _CrossNet.apply(x0, layout, *p), (x0, *flat))
+    # and the forward is Eq. 1 / Eq. 2, layer by layer, member by member
+    out = _CrossNet.apply(x0, layout, *flat)
     for i, s in enumerate(slices):
         for j, g in enumerate(range(s.start, s.stop)):
-            W = ws[2 * i][j] @ ws[2 * i + 1][j].T if kind == "low_rank" else ws[0][g]
-            wx = x[g] @ W.T + (b[g] if bias else 0)
-            ref = x0[g] * wx + (x[g] if residual else 0)
-            assert torch.allclose(out[g], ref)
+            x = x0[g]
+            for ps in per_layer:
+                b, ws = (ps[0][g], ps[1:]) if bias else (0, ps)
+                W = ws[2 * i][j] @ ws[2 * i + 1][j].T if kind == "low_rank" else ws[0][g]
+                x = x0[g] * (x @ W.T + b) + (x if residual else 0)
+            assert torch.allclose(out[g], x)
+    h, w, b = leaf(G, B, d), leaf(G, 1, d), leaf(G, 1)
+    assert torch.autograd.gradcheck(_Logit.apply, (h, w, b))
+    assert torch.allclose(_Logit.apply(h, w, b), torch.stack([h[g] @ w[g, 0] + b[g] for g in range(G)]))
