@@ -28,6 +28,30 @@ from torch import nn
 from ..schema import Schema
 
 
+class _Rows(torch.autograd.Function):
+    """``table[ids]`` (rows of a 2-D table), whose backward adds the gradient into the table's rows from a
+    contiguous copy: the slices that ``cat``'s backward hands back are strided, and ``index_add_`` takes its
+    fast path only for a contiguous source (measured on the CPU: 6,144 rows of width 34 from a stride-180
+    gradient, 580 µs strided against 330 µs copy included). The sums are the same, bit for bit."""
+
+    generate_vmap_rule = True  # the batched sweep's vmap engine runs it too
+
+    @staticmethod
+    def forward(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return table.index_select(0, ids)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        table, ids = inputs
+        ctx.save_for_backward(ids)
+        ctx.rows = table.shape[0]
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (ids,) = ctx.saved_tensors
+        return g.new_zeros(ctx.rows, g.shape[-1]).index_add(0, ids, g.contiguous()), None
+
+
 class FeatureEmbedding(nn.Module):
     def __init__(self, schema: Schema, init_std: float = 0.05):
         super().__init__()
@@ -111,7 +135,7 @@ class FeatureEmbedding(nn.Module):
             if self.sparse_grad:
                 parts.append(F.embedding(ids, table, sparse=True).reshape(*lead, n * width))
             else:  # same rows; index_select's backward (index_add) beats embedding's on the CPU
-                parts.append(table.index_select(0, ids.reshape(-1)).view(*lead, n * width))
+                parts.append(_Rows.apply(table, ids.reshape(-1)).view(*lead, n * width))
         for t, (width, n, pad) in enumerate(self._mv_groups):
             table = mv_tables[t]
             sel = multivalent.index_select(-2, getattr(self, f"mv_cols_{t}"))  # (..., n, L)
