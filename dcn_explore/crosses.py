@@ -114,18 +114,14 @@ class CrossReport:
         W = self.matrices[(layer, expert_key)].double()
         sl = list(self.schema.slices.values())
         k = len(sl)
-        if mode == "weight":
-            out = torch.empty(k, k, dtype=torch.float64)
-            for i, si in enumerate(sl):
-                for j, sj in enumerate(sl):
-                    out[i, j] = torch.linalg.matrix_norm(W[si, sj])
-            return out
+        block_of = torch.zeros(self.schema.d, k, dtype=torch.float64)  # column i: the indicator of block i
+        for i, si in enumerate(sl):
+            block_of[si, i] = 1.0
+        if mode == "weight":  # ‖W_ij‖_F = sqrt(Σ over block (i, j) of W²), every block in one product
+            return (block_of.T @ W.square() @ block_of).sqrt()
         if self.states is None:
             raise ConfigError("mode='data' needs data: build the report with dx.crosses(model, data)")
         x0, xl = self.states[0].double(), self.states[layer].double()
-        block_of = torch.zeros(self.schema.d, k, dtype=torch.float64)
-        for i, si in enumerate(sl):
-            block_of[si, i] = 1.0
         out = torch.empty(k, k, dtype=torch.float64)
         for j, sj in enumerate(sl):
             term = x0 * (xl[:, sj] @ W[:, sj].T)  # (N, d): x0 ⊙ (W_{:, j} x_{l,j})
@@ -149,22 +145,18 @@ class CrossReport:
         ``expert="each"`` lists every expert of a mixture separately (``"combined"``: the gate-weighted matrix).
         """
         experts = list(range(self.n_experts)) if expert == "each" and self.cross == "mixture" else [expert]
-        rows = []
-        names = self.names
+        names = np.array(self.names, dtype=object)
+        k = len(names)
+        # row-major (i, j): every ordered pair, or i <= j (i < j without the diagonal)
+        i, j = np.nonzero(~np.eye(k, dtype=bool) | include_diagonal) if ordered else np.triu_indices(k, 0 if include_diagonal else 1)
+        frames = []
         for l in self._layers(layer):
             for e in experts:
                 n = self._norms(l, self._expert_key(e), mode).numpy()
-                label = "combined" if self._expert_key(e) is None else int(e)
-                for i in range(len(names)):
-                    for j in range(len(names)):
-                        if i == j and not include_diagonal:
-                            continue
-                        if ordered:
-                            rows.append((names[i], names[j], float(n[i, j]), l, label))
-                        elif i <= j:
-                            v = n[i, j] if i == j else math.hypot(n[i, j], n[j, i])
-                            rows.append((names[i], names[j], float(v), l, label))
-        return pd.DataFrame(rows, columns=["feature_a", "feature_b", "norm", "layer", "expert"])
+                v = n[i, j] if ordered else np.where(i == j, n[i, j], np.hypot(n[i, j], n[j, i]))
+                frames.append(pd.DataFrame({"feature_a": names[i], "feature_b": names[j], "norm": v.astype(float), "layer": l,
+                                            "expert": "combined" if self._expert_key(e) is None else int(e)}))
+        return pd.concat(frames, ignore_index=True)
 
     def top(self, k: int = 10, layer: int | None = None, expert: Any = "combined", mode: str = "weight",
             ordered: bool = False, aggregate: bool = False) -> pd.DataFrame:
