@@ -299,11 +299,19 @@ class _Stack:
     def tensors(self) -> list[torch.Tensor]:
         return [t for k in self.names for t in self.params[k]]
 
-    def per_member(self, names, fn) -> torch.Tensor:
-        """``(G,)``: ``Σ_name fn(tensor)`` per member, where ``fn`` maps ``(G_k, ...)`` to ``(G_k,)``."""
-        return sum(torch.cat([fn(t) for t in self.params[k]]) for k in names)
+    def norms(self, names, grads: bool = False) -> torch.Tensor:
+        """``(G,)``: per member, the 2-norm of the named tensors together (or of their gradients), as
+        ``clip_grad_norm_`` takes it: the norm of the per-tensor norms."""
+        parts = [torch.zeros(self.G, device=self._members.device)]
+        for k in names:
+            for t, s in zip(self.params[k], self.slices[k]):
+                v = t.grad if grads else t.detach()
+                if v is not None:
+                    parts.append(F.pad(torch.linalg.vector_norm(v.flatten(1), dim=1), (s.start, self.G - s.stop)))
+        return torch.linalg.vector_norm(torch.stack(parts), dim=0)
 
     def scale_grads(self, coef: torch.Tensor) -> None:
+        """Multiply member ``g``'s gradients by ``coef[g]``."""
         for k in self.names:
             for t, s in zip(self.params[k], self.slices[k]):
                 if t.grad is not None:
@@ -399,9 +407,6 @@ def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> 
 
     l2_kernels = [t for k in stack.kernel_names for t in stack.params[k]] if tc.l2 > 0 else []
 
-    def squares(t: torch.Tensor) -> torch.Tensor:
-        return t.pow(2).flatten(1).sum(1)
-
     histories: list[list[dict]] = [[] for _ in range(G)]
     best = [{"value": math.inf, "epoch": 0, "state": None} for _ in range(G)]
     bad = [0] * G
@@ -426,7 +431,7 @@ def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> 
             total = per.detach()
             if l2_kernels:  # λ Σ‖W‖²: its value for the check below, its gradient 2λW added after backward
                 with torch.no_grad():
-                    total = total + tc.l2 * stack.per_member(stack.kernel_names, squares)
+                    total = total + tc.l2 * stack.norms(stack.kernel_names).pow(2)
             bad_members = ~torch.isfinite(total)
             if bool(bad_members.any()):
                 g = int(bad_members.nonzero()[0])
@@ -440,8 +445,7 @@ def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> 
                 torch._foreach_add_([t.grad for t in l2_kernels], l2_kernels, alpha=2 * tc.l2)
             if tc.clip_norm is not None:
                 with torch.no_grad():
-                    sq = stack.per_member(names, lambda t: squares(t.grad) if t.grad is not None else t.new_zeros(t.shape[0]))
-                    stack.scale_grads((tc.clip_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0))
+                    stack.scale_grads((tc.clip_norm / (stack.norms(names, grads=True) + 1e-6)).clamp(max=1.0))
             opt.step()
             if sched is not None:
                 sched.step()
