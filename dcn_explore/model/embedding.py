@@ -134,8 +134,10 @@ class FeatureEmbedding(nn.Module):
                 ids = ids + copy * (table.shape[0] // copies)
             if self.sparse_grad:
                 parts.append(F.embedding(ids, table, sparse=True).reshape(*lead, n * width))
-            else:  # same rows; index_select's backward (index_add) beats embedding's on the CPU
+            elif torch.is_grad_enabled() and table.requires_grad:  # same rows; index_add beats embedding's backward on the CPU
                 parts.append(_Rows.apply(table, ids.reshape(-1)).view(*lead, n * width))
+            else:
+                parts.append(table.index_select(0, ids.reshape(-1)).view(*lead, n * width))
         for t, (width, n, pad) in enumerate(self._mv_groups):
             table = mv_tables[t]
             sel = multivalent.index_select(-2, getattr(self, f"mv_cols_{t}"))  # (..., n, L)
