@@ -11,7 +11,8 @@ training settings) are trained together: their parameters are stacked along a le
   batched matmuls and two element-wise products per layer, fewer passes over the ``(G, B, d)``
   activations than autograd's generic graph; a low-rank layer's bias rides in its factor product).
   It works in the embedding's concatenation order (the parameters are permuted once instead of
-  ``x0``'s columns every step). Members are sorted by rank; neighbours within a factor 4 share one factor zero-padded to the group's highest rank, farther ranks get their own.
+  ``x0``'s columns every step). Members are sorted by rank; neighbours within a factor 4 share one
+  factor zero-padded to the group's highest rank, farther ranks get their own.
 - Mixture and DCN (vector) layers, or a ``diag_scale``, use ``torch.func``: the stacked state of
   ``stack_module_state`` with the forward ``vmap``-ed over ``functional_call``, lower ranks
   zero-padded.

@@ -32,9 +32,11 @@ class _Rows(torch.autograd.Function):
     """``table[ids]`` (rows of a 2-D table), whose backward adds the gradient into the table's rows from a
     contiguous copy: the slices that ``cat``'s backward hands back are strided, and ``index_add_`` takes its
     fast path only for a contiguous source (measured on the CPU: 6,144 rows of width 34 from a stride-180
-    gradient, 580 µs strided against 330 µs copy included). The sums are the same, bit for bit."""
+    gradient, 580 µs strided against 330 µs copy included). The sums are the same, bit for bit. Used for
+    the batched engine's stacked lookups; a single model's 512-row lookups were ~10 % slower per epoch with
+    it (the function's own overhead), so they keep ``index_select``."""
 
-    generate_vmap_rule = True  # the batched sweep's vmap engine runs it too
+    generate_vmap_rule = True  # usable under torch.func transforms (vmap) as well
 
     @staticmethod
     def forward(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -134,9 +136,10 @@ class FeatureEmbedding(nn.Module):
                 ids = ids + copy * (table.shape[0] // copies)
             if self.sparse_grad:
                 parts.append(F.embedding(ids, table, sparse=True).reshape(*lead, n * width))
-            elif torch.is_grad_enabled() and table.requires_grad:  # same rows; index_add beats embedding's backward on the CPU
+            elif copies and torch.is_grad_enabled() and table.requires_grad:
+                # stacked copies: thousands of rows, where the contiguous gradient pays for the function's overhead
                 parts.append(_Rows.apply(table, ids.reshape(-1)).view(*lead, n * width))
-            else:
+            else:  # same rows; index_select's backward (index_add) beats embedding's on the CPU
                 parts.append(table.index_select(0, ids.reshape(-1)).view(*lead, n * width))
         for t, (width, n, pad) in enumerate(self._mv_groups):
             table = mv_tables[t]
