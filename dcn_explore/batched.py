@@ -496,7 +496,7 @@ def sweep_batched(data: TabularData, specs: Sequence[dict], results_dir=None, sp
                   top_k: int = 10, progress: bool = True, callback: Callable[[dict], Any] | None = None) -> pd.DataFrame:
     """``dx.sweep(..., batched=True)``: like the one-by-one sweep (same records, same resume rules), but
     each group of compatible runs is trained as one stacked model."""
-    from .sweep import _row, data_fingerprint, make_record, run_id, run_one
+    from .sweep import _row, data_fingerprint, make_record, read_record, run_id, run_one
 
     tr, va, te = data.split(split, seed=split_seed)
     fp = data_fingerprint(data)
@@ -504,16 +504,9 @@ def sweep_batched(data: TabularData, specs: Sequence[dict], results_dir=None, sp
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     ids = [run_id(fp, s["model"], s["train"], s["seed"], split, split_seed) for s in specs]
-    records: dict[int, dict] = {}
-    reused: set[int] = set()
-    for i, rid in enumerate(ids):
-        p = out_dir / f"{rid}.json" if out_dir is not None else None
-        if p is not None and p.is_file():
-            try:
-                records[i] = json.loads(p.read_text())
-                reused.add(i)
-            except (json.JSONDecodeError, OSError):
-                pass
+    found = {i: read_record(out_dir / f"{rid}.json" if out_dir is not None else None) for i, rid in enumerate(ids)}
+    records: dict[int, dict] = {i: r for i, r in found.items() if r is not None}
+    reused: set[int] = set(records)
     groups: OrderedDict[str, list[int]] = OrderedDict()
     for i, s in enumerate(specs):
         if i not in records:

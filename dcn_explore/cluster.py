@@ -10,7 +10,6 @@ nodes; without ``ray_address`` a local single-node Ray instance is started.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -62,7 +61,7 @@ def sweep_ray(data: TabularData, specs: Sequence[dict], results_dir, split=(0.8,
         from ray import tune
     except ImportError as e:
         raise ConfigError("engine='ray' needs Ray Tune: pip install 'dcn-explore[cluster]'") from e
-    from .sweep import _row, data_fingerprint, run_id
+    from .sweep import _row, data_fingerprint, read_record, run_id
 
     if results_dir is None:
         raise ConfigError("engine='ray' needs results_dir (shared storage the trials write their records to)")
@@ -70,7 +69,7 @@ def sweep_ray(data: TabularData, specs: Sequence[dict], results_dir, split=(0.8,
     out_dir.mkdir(parents=True, exist_ok=True)
     fp = data_fingerprint(data)
     ids = [run_id(fp, s["model"], s["train"], s["seed"], split, split_seed) for s in specs]
-    pending = [i for i, rid in enumerate(ids) if not (out_dir / f"{rid}.json").is_file()]
+    pending = [i for i, rid in enumerate(ids) if read_record(out_dir / f"{rid}.json") is None]  # missing or damaged
     started = False
     if pending:
         if not ray.is_initialized():
@@ -97,7 +96,10 @@ def sweep_ray(data: TabularData, specs: Sequence[dict], results_dir, split=(0.8,
                 ray.shutdown()
     rows = []
     for i, rid in enumerate(ids):
-        rec = json.loads((out_dir / f"{rid}.json").read_text())
+        rec = read_record(out_dir / f"{rid}.json")
+        if rec is None:
+            raise RuntimeError(f"run {rid} (grid point {specs[i]['point']}, seed {specs[i]['seed']}): the Ray trial finished "
+                               f"but its record {out_dir / f'{rid}.json'} is missing or unreadable")
         rec["run_id"] = rid
         row = _row(rec, specs[i]["point"])
         row["reused"] = i not in pending

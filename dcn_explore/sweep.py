@@ -104,6 +104,17 @@ def run_id(fingerprint: str, model: DCNConfig, train: TrainConfig, seed: int, sp
     return hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
+def read_record(path: Path | None) -> dict | None:
+    """The finished run's record at ``path``, or ``None`` when there is none or it is damaged (a damaged
+    result is retrained, not trusted). Every sweep engine reads its reusable runs through this."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError, UnicodeDecodeError):
+        return None
+
+
 def _row(record: dict, point: dict | None = None) -> dict:
     """The tidy row of one run record. ``point``: the grid point of the sweep asking (default: the
     record's own); a reused record may come from another grid that reached the same config."""
@@ -206,13 +217,8 @@ def sweep(
         for spec in specs:
             rid = run_id(fp, spec["model"], spec["train"], spec["seed"], split, split_seed)
             path = out_dir / f"{rid}.json" if out_dir is not None else None
-            record, reused = None, False
-            if path is not None and path.is_file():
-                try:
-                    record = json.loads(path.read_text())
-                    reused = True
-                except (json.JSONDecodeError, OSError):
-                    record = None  # a damaged result is retrained, not trusted
+            record = read_record(path)
+            reused = record is not None
             if record is None:
                 ckpt = str(out_dir / f"{rid}.pt") if (out_dir is not None and save_models) else None
                 record = run_one(tr, va, te, spec, top_k=top_k, checkpoint=ckpt)

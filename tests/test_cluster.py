@@ -17,9 +17,12 @@ def test_ray_sweep_matches_the_local_sweep_and_reuses_finished_runs(tmp_path):
     assert list(remote.run_id) == list(local.run_id) and not remote.reused.any()
     # the same code on a worker process gives the same numbers (CPU, same seeds)
     assert (remote.test_logloss - local.test_logloss).abs().max() < 1e-6
+    damaged = tmp_path / "ray" / "runs" / f"{remote.run_id.iloc[1]}.json"
+    damaged.write_text("{")  # a damaged record is retrained, as the local engines do
     again = dx.sweep(data, base, {"rank": [2, 4, 8]}, seeds=1, train=train, results_dir=tmp_path / "ray", engine="ray",
                      progress=False)
-    assert list(again.reused) == [True, True, False]
+    assert list(again.reused) == [True, False, False]
+    assert abs(again.test_logloss.iloc[1] - local.test_logloss.iloc[1]) < 1e-6
     assert (tmp_path / "ray" / "runs" / f"{again.run_id.iloc[2]}.pt").is_file()
 
 

@@ -138,3 +138,16 @@ def test_a_run_reused_from_another_grid_is_labelled_with_this_grids_point(plante
     again = dx.sweep(planted, base, {"lr": [tc.lr]}, seeds=1, train=tc, results_dir=tmp_path, progress=False, batched=batched)
     assert again["reused"].all() and list(again["run_id"]) == list(first["run_id"])  # the same configuration
     assert list(again["lr"]) == [tc.lr], "the row carries the swept field of the grid that asked for it"
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_damaged_result_file_is_retrained_and_rewritten(planted, tmp_path, batched):
+    base = dx.DCNConfig(**BASE)
+    tc = dx.TrainConfig(epochs=1, progress=False)
+    first = dx.sweep(planted, base, {"rank": [1, 2]}, seeds=1, train=tc, results_dir=tmp_path, progress=False, batched=batched)
+    damaged = tmp_path / "runs" / f"{first.run_id.iloc[0]}.json"
+    damaged.write_text('{"point": {"rank": 1}, "se')  # a half-written file, as a crash of another writer would leave
+    again = dx.sweep(planted, base, {"rank": [1, 2]}, seeds=1, train=tc, results_dir=tmp_path, progress=False, batched=batched)
+    assert list(again.reused) == [False, True]
+    assert json.loads(damaged.read_text())["run_id"] == first.run_id.iloc[0]  # rewritten whole
+    assert again.test_logloss.iloc[0] == pytest.approx(first.test_logloss.iloc[0], abs=1e-6)
