@@ -23,6 +23,7 @@ import itertools
 import json
 import os
 import time
+import warnings
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -34,7 +35,7 @@ from ._io import write_json_atomic
 from .checkpoint import save_checkpoint
 from .crosses import crosses
 from .data.dataset import TabularData
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .model.config import DCNConfig
 from .model.dcn import DCNv2
 from .train import TrainConfig, evaluate, fit
@@ -244,17 +245,26 @@ def load_run(results_dir: str | os.PathLike, run: str) -> tuple[DCNv2, dict]:
     from .checkpoint import load_checkpoint
 
     d = Path(results_dir) / "runs"
-    record = json.loads((d / f"{run}.json").read_text())
+    record = read_record(d / f"{run}.json")
+    if record is None:
+        raise DataError(f"{d / f'{run}.json'}: no readable record of run {run!r} (missing or damaged; a sweep over "
+                        "the same configuration retrains it)")
     model, _ = load_checkpoint(d / f"{run}.pt")
     return model, record
 
 
 def load_results(results_dir: str | os.PathLike) -> pd.DataFrame:
-    """Every finished run found in ``results_dir`` as the same tidy DataFrame ``sweep`` returns."""
+    """Every finished run found in ``results_dir`` as the same tidy DataFrame ``sweep`` returns.
+    A damaged record file is left out with a warning naming it (a sweep over it retrains it)."""
     d = Path(results_dir) / "runs"
-    rows = []
+    rows, damaged = [], []
     for p in sorted(d.glob("*.json")):
-        rec = json.loads(p.read_text())
+        rec = read_record(p)
+        if rec is None:
+            damaged.append(str(p))
+            continue
         rec.setdefault("run_id", p.stem)
         rows.append(dict(_row(rec), reused=True))
+    if damaged:
+        warnings.warn(f"{len(damaged)} damaged run record(s) left out: {', '.join(damaged)}", stacklevel=2)
     return pd.DataFrame(rows)

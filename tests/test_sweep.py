@@ -151,3 +151,8 @@ def test_a_damaged_result_file_is_retrained_and_rewritten(planted, tmp_path, bat
     assert list(again.reused) == [False, True]
     assert json.loads(damaged.read_text())["run_id"] == first.run_id.iloc[0]  # rewritten whole
     assert again.test_logloss.iloc[0] == pytest.approx(first.test_logloss.iloc[0], abs=1e-6)
+    (tmp_path / "runs" / f"{first.run_id.iloc[1]}.json").write_text("{")
+    with pytest.warns(UserWarning, match=f"1 damaged run record.*{first.run_id.iloc[1]}"):
+        assert list(load_results(tmp_path).run_id) == [first.run_id.iloc[0]]
+    with pytest.raises(dx.DataError, match=f"{first.run_id.iloc[1]}.json.*damaged"):
+        load_run(tmp_path, first.run_id.iloc[1])
