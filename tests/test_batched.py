@@ -74,7 +74,7 @@ def _tagged_frame(n=1500, seed=0):
 @pytest.mark.parametrize("base, grid", [
     (dx.DCNConfig(cross="full", cross_layers=2, structure="stacked", deep_layers=(16, 8)), {}),
     (dx.DCNConfig(cross="low_rank", rank=2, cross_layers=2, structure="parallel", deep_layers=(8,), cross_bias=False),
-     {"rank": [2, 3, 12]}),  # 2 and 3 share a padded factor, 12 gets its own
+     {"rank": [2, 3, 12]}),  # three rank groups
     (dx.DCNConfig(cross="low_rank", rank=4, cross_layers=1, structure="cross_only", cross_residual=False), {}),
     (dx.DCNConfig(structure="deep_only", deep_layers=(16,)), {}),
 ])
