@@ -302,13 +302,17 @@ class _Stack:
     def norms(self, names, grads: bool = False) -> torch.Tensor:
         """``(G,)``: per member, the 2-norm of the named tensors together (or of their gradients), as
         ``clip_grad_norm_`` takes it: the norm of the per-tensor norms."""
-        parts = [torch.zeros(self.G, device=self._members.device)]
+        norms, members = [], []
         for k in names:
             for t, s in zip(self.params[k], self.slices[k]):
                 v = t.grad if grads else t.detach()
                 if v is not None:
-                    parts.append(F.pad(torch.linalg.vector_norm(v.flatten(1), dim=1), (s.start, self.G - s.stop)))
-        return torch.linalg.vector_norm(torch.stack(parts), dim=0)
+                    norms.append(torch.linalg.vector_norm(v.flatten(1), dim=1))
+                    members.append(self._members[s])
+        out = torch.zeros(self.G, device=self._members.device)
+        if norms:
+            out = out.to(norms[0].dtype).index_add_(0, torch.cat(members), torch.cat(norms).square())
+        return out.sqrt()
 
     def scale_grads(self, coef: torch.Tensor) -> None:
         """Multiply member ``g``'s gradients by ``coef[g]``."""
