@@ -111,9 +111,10 @@ def read_record(path: Path | None) -> dict | None:
     if path is None or not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except (json.JSONDecodeError, OSError, UnicodeDecodeError):
         return None
+    return record if isinstance(record, dict) else None
 
 
 def _row(record: dict, point: dict | None = None) -> dict:
