@@ -20,12 +20,12 @@ training settings) are trained together: their parameters are stacked along a le
   zero-padded.
 
 In the ``vmap`` engine, zero-padded factor columns (and rows/columns of ``C``) get exactly zero
-gradients, so they stay zero and each member computes exactly its own ``U Vᵀ``. Everything per run is kept: each member
-draws its own batches from its own seed, Adam and the moving average are elementwise, gradient
-clipping uses each member's own norm, early stopping picks each member's own best epoch. The
-results match one-by-one training up to floating-point reordering (see ``tests/test_batched.py``
-for the tolerance). Groups whose settings cannot be reproduced this way (row-sparse embeddings,
-dropout, the plateau schedule, an embedding L2 term) are trained one by one.
+gradients, so they stay zero and each member computes exactly its own ``U Vᵀ``. Everything per
+run is kept: each member draws its own batches from its own seed, Adam and the moving average are
+elementwise, gradient clipping uses each member's own norm, early stopping picks each member's own
+best epoch. The results match one-by-one training up to floating-point reordering (see
+``tests/test_batched.py`` for the tolerance). Groups whose settings cannot be reproduced this way
+(row-sparse embeddings, dropout, the plateau schedule, an embedding L2 term) are trained one by one.
 
 >>> import dcn_explore as dx
 >>> ds = dx.data.planted_crosses(n_samples=1200, seed=0)
@@ -485,7 +485,7 @@ def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> 
         if not any(active) or (tc.max_steps is not None and step >= tc.max_steps):
             break
     elapsed = time.perf_counter() - start
-    results: list[dict] = [{}] * G
+    results: list[dict | None] = [None] * G  # in the callers' order
     last = {k: [t.detach() for t in stack.params[k]] for k in names}
     for g, m in enumerate(models):
         m.load_state_dict(best[g]["state"] if best[g]["state"] is not None else stack.member_state(last, g))

@@ -148,14 +148,18 @@ class CrossReport:
         names = np.array(self.names, dtype=object)
         k = len(names)
         # row-major (i, j): every ordered pair, or i <= j (i < j without the diagonal)
-        i, j = np.nonzero(~np.eye(k, dtype=bool) | include_diagonal) if ordered else np.triu_indices(k, 0 if include_diagonal else 1)
+        if ordered:
+            i, j = np.nonzero(~np.eye(k, dtype=bool) | include_diagonal)
+        else:
+            i, j = np.triu_indices(k, 0 if include_diagonal else 1)
         frames = []
         for l in self._layers(layer):
             for e in experts:
                 n = self._norms(l, self._expert_key(e), mode).numpy()
                 v = n[i, j] if ordered else np.where(i == j, n[i, j], np.hypot(n[i, j], n[j, i]))
-                frames.append(pd.DataFrame({"feature_a": names[i], "feature_b": names[j], "norm": v.astype(float), "layer": l,
-                                            "expert": "combined" if self._expert_key(e) is None else int(e)}))
+                label = "combined" if self._expert_key(e) is None else int(e)
+                frames.append(pd.DataFrame({"feature_a": names[i], "feature_b": names[j], "norm": v.astype(float),
+                                            "layer": l, "expert": label}))
         return pd.concat(frames, ignore_index=True)
 
     def top(self, k: int = 10, layer: int | None = None, expert: Any = "combined", mode: str = "weight",
