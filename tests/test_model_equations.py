@@ -5,6 +5,7 @@ import torch
 
 import dcn_explore as dx
 from dcn_explore.model.cross import CrossNetwork, FullCross, LowRankCross, MixtureCross, VectorCross
+from dcn_explore.model.embedding import FeatureEmbedding
 
 D = 7
 
@@ -203,3 +204,39 @@ def test_embedding_init_auto_rule(planted_small):
     assert float(m.embedding.cat_tables[0].detach().std()) == pytest.approx(0.01, rel=0.1)
     with pytest.raises(dx.ConfigError, match="embedding_init_std=0"):
         dx.DCNConfig(embedding_init_std=0)
+
+
+@pytest.mark.parametrize("order, identity", [
+    (["x1", "x2", "a", "b", "c"], True),    # Criteo's layout: dense first, then ids of one width
+    (["a", "x1", "b", "tags", "x2"], False),  # interleaved kinds
+    (["a", "c", "b", "tags", "x1", "x2"], False),  # a and b share a table but are not adjacent
+])
+def test_x0_holds_each_feature_in_schema_order(order, identity):
+    """``x0 = [e_1; ...; e_k]`` in the schema's order whatever the layout; the column permutation is
+    skipped exactly when the pieces' concatenation already is that order."""
+    from dcn_explore.schema import FeatureSpec, Schema
+
+    specs = {"x1": FeatureSpec("x1", "dense"), "x2": FeatureSpec("x2", "dense"),
+             "a": FeatureSpec("a", "categorical", vocab_size=7, embedding_dim=3),
+             "b": FeatureSpec("b", "categorical", vocab_size=5, embedding_dim=3),
+             "c": FeatureSpec("c", "categorical", vocab_size=4, embedding_dim=3 if identity else 2),
+             "tags": FeatureSpec("tags", "multivalent", vocab_size=6, embedding_dim=2, max_len=3)}
+    schema = Schema([specs[n] for n in order])
+    emb = FeatureEmbedding(schema)
+    assert emb.identity_order is identity
+    g = torch.Generator().manual_seed(0)
+    cats = schema.of_kind("categorical")
+    cat = torch.stack([torch.randint(0, f.vocab_size, (4,), generator=g) for f in cats], 1)
+    mv = torch.tensor([[[1, 2, 0]], [[3, 0, 0]], [[5, 4, 2]], [[1, 1, 0]]]) if "tags" in order else torch.zeros(4, 0, 0, dtype=torch.long)
+    dense = torch.randn(4, 2, generator=g)
+    x0 = emb(cat, mv, dense).detach()
+    assert x0.shape == (4, schema.d)
+    for name, cols in schema.slices.items():
+        f = schema[name]
+        if f.kind == "dense":
+            expected = dense[:, [n for n in order if specs[n].kind == "dense"].index(name)].unsqueeze(1)
+        elif f.kind == "categorical":
+            expected = emb.table(name)[cat[:, cats.index(f)]]
+        else:
+            expected = torch.stack([emb.table(name)[row[0][row[0] > 0]].mean(0) for row in mv])
+        assert torch.allclose(x0[:, cols], expected.detach(), rtol=0, atol=1e-7), name

@@ -68,7 +68,7 @@ class FeatureEmbedding(nn.Module):
         self._cat_groups: list[tuple[int, int]] = []  # (width, n_features) per table
         self._mv_groups: list[tuple[int, int, int]] = []  # (width, n_features, padding row)
         self._where: dict[str, tuple[str, int, int]] = {}  # name -> (kind, table index, row offset)
-        order: list[str] = []  # feature names in the order the pieces are concatenated
+        blocks: list[tuple[str, int, list[str]]] = []  # (kind, table index, feature names) per piece
 
         for kind, feats, tables in (("categorical", cat, self.cat_tables), ("multivalent", mv, self.mv_tables)):
             by_width: dict[int, list[int]] = defaultdict(list)
@@ -80,7 +80,7 @@ class FeatureEmbedding(nn.Module):
                     offsets.append(rows)
                     self._where[feats[pos].name] = (kind, t, rows)
                     rows += feats[pos].vocab_size
-                    order.append(feats[pos].name)
+                blocks.append((kind, t, [feats[pos].name for pos in positions]))
                 pad = rows  # multivalent: one extra all-zero row for padding
                 table = torch.empty(rows + (1 if kind == "multivalent" else 0), width).normal_(0.0, init_std)
                 if kind == "multivalent":
@@ -93,7 +93,15 @@ class FeatureEmbedding(nn.Module):
                     self._cat_groups.append((width, len(positions)))
                 else:
                     self._mv_groups.append((width, len(positions), pad))
-        order += [f.name for f in schema.of_kind("dense")]
+        if self.n_dense:
+            blocks.append(("dense", 0, [f.name for f in schema.of_kind("dense")]))
+        # pieces concatenated in the order their first features come in the schema: when each piece's
+        # features are contiguous there (e.g. all dense features, then all ids of one width), the
+        # concatenation already is the schema order and no column permutation of x0 is needed
+        position = {n: i for i, n in enumerate(schema.names)}
+        blocks.sort(key=lambda blk: position[blk[2][0]])
+        self._blocks = [(kind, t) for kind, t, _ in blocks]
+        order = [n for _, _, names in blocks for n in names]
         # columns of the concatenation -> schema order
         piece_slices, start = {}, 0
         for name in order:
@@ -128,19 +136,21 @@ class FeatureEmbedding(nn.Module):
         B = categorical.shape[-2] if categorical.dim() >= 2 else dense.shape[-2]
         lead = (copies, B) if copies else (B,)
         copy = torch.arange(copies, device=dense.device).view(copies, 1, 1) if copies else None
-        parts = []
+        parts = {}
         for t, (width, n) in enumerate(self._cat_groups):
             table = cat_tables[t]
-            ids = categorical.index_select(-1, getattr(self, f"cat_cols_{t}")) + getattr(self, f"cat_offsets_{t}")
+            # this width's columns of the id matrix (all of them when every id feature has one width)
+            cols = categorical.index_select(-1, getattr(self, f"cat_cols_{t}")) if len(self._cat_groups) > 1 else categorical
+            ids = cols + getattr(self, f"cat_offsets_{t}")
             if copies:
                 ids = ids + copy * (table.shape[0] // copies)
             if self.sparse_grad:
-                parts.append(F.embedding(ids, table, sparse=True).reshape(*lead, n * width))
+                parts["categorical", t] = F.embedding(ids, table, sparse=True).reshape(*lead, n * width)
             elif copies and torch.is_grad_enabled() and table.requires_grad:
                 # stacked copies: thousands of rows, where the contiguous gradient pays for the function's overhead
-                parts.append(_Rows.apply(table, ids.reshape(-1)).view(*lead, n * width))
+                parts["categorical", t] = _Rows.apply(table, ids.reshape(-1)).view(*lead, n * width)
             else:  # same rows; index_select's backward (index_add) beats embedding's on the CPU
-                parts.append(table.index_select(0, ids.reshape(-1)).view(*lead, n * width))
+                parts["categorical", t] = table.index_select(0, ids.reshape(-1)).view(*lead, n * width)
         for t, (width, n, pad) in enumerate(self._mv_groups):
             table = mv_tables[t]
             sel = multivalent.index_select(-2, getattr(self, f"mv_cols_{t}"))  # (..., n, L)
@@ -150,8 +160,10 @@ class FeatureEmbedding(nn.Module):
             # padding (id 0) -> the zero row; with copies, copy 0's zero row for all (excluded from the mean)
             ids = torch.where(sel == 0, pad, ids)
             bag = F.embedding_bag(ids.reshape(-1, ids.shape[-1]), table, mode="mean", padding_idx=pad, sparse=self.sparse_grad)
-            parts.append(bag.reshape(*lead, n * width))
+            parts["multivalent", t] = bag.reshape(*lead, n * width)
         if self.n_dense:
-            parts.append(dense.to(parts[0].dtype if parts else dense.dtype).expand(*lead, -1))
-        x0 = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+            dtype = next(iter(parts.values())).dtype if parts else dense.dtype
+            parts["dense", 0] = dense.to(dtype).expand(*lead, -1)
+        pieces = [parts[blk] for blk in self._blocks]
+        x0 = torch.cat(pieces, dim=-1) if len(pieces) > 1 else pieces[0]
         return x0 if self.identity_order or not reorder else x0.index_select(-1, self.perm)
