@@ -311,11 +311,14 @@ class _EMA:
         self.log_cum = torch.zeros(max_updates + 2, dtype=torch.float64, device=dev) if self.tables else None
         self._rows: list[torch.Tensor | None] = [None] * len(self.tables)
         self._d = 1.0
+        self._pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
     def _lerp(self, ema_params, params, _num_averaged):
         pairs = [(e, p) for e, p in zip(ema_params, params) if e.data_ptr() not in self._skip]
         if pairs:
             torch._foreach_lerp_([e for e, _ in pairs], [p for _, p in pairs], 1.0 - self._d)
+        # later updates lerp these lists directly (``update_parameters`` regroups every parameter per call)
+        self._pairs = ([e for e, _ in pairs], [p for _, p in pairs])
 
     def _factor(self, last: torch.Tensor) -> torch.Tensor:
         return torch.exp(self.log_cum[self.updates] - self.log_cum[last]).to(self.tables[0][1].dtype).unsqueeze(-1)
@@ -341,7 +344,10 @@ class _EMA:
         self.updates += 1
         n = self.updates
         self._d = min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
-        self.averaged.update_parameters(model)  # first call copies everything
+        if self._pairs is None:  # the first call copies everything, the second builds the lists
+            self.averaged.update_parameters(model)
+        elif self._pairs[0]:
+            torch._foreach_lerp_(*self._pairs, 1.0 - self._d)
         if not self.tables:
             return
         if n == 1:
@@ -363,8 +369,12 @@ class _EMA:
         if not self.tables or self.updates == 0:
             return
         for p, e, last in self.tables:
-            e.copy_(p.detach() + (e - p.detach()) * self._factor(last))
-            last.fill_(self.updates)
+            # rows averaged at the latest update are current; rows last averaged at update 1 (the copy)
+            # and never touched since still equal their weights: only the rows in between need work
+            rows = ((last > 1) & (last < self.updates)).nonzero().squeeze(1)
+            pr = p.detach().index_select(0, rows)
+            e.index_copy_(0, rows, pr.add_(e.index_select(0, rows).sub_(pr).mul_(self._factor(last.index_select(0, rows)))))
+            last.index_fill_(0, rows, self.updates)
 
     @property
     def module(self) -> torch.nn.Module:
