@@ -244,6 +244,18 @@ def _loss_key(task: str) -> str:
     return "logloss" if task == "binary" else "rmse"
 
 
+def coalesced(g: torch.Tensor) -> torch.Tensor:
+    """``g.coalesce()`` without the sort when the rows already are distinct and sorted (the lookups'
+    gradients are built that way, but autograd's accumulation drops the tensor's "coalesced" mark):
+    checking that the row indices increase strictly costs one comparison per row."""
+    if g.is_coalesced():
+        return g
+    idx = g._indices()
+    if idx.shape[0] == 1 and bool((idx[0, 1:] > idx[0, :-1]).all()):
+        return torch.sparse_coo_tensor(idx, g._values(), g.shape, is_coalesced=True, check_invariants=False)
+    return g.coalesce()
+
+
 class LazyAdam(torch.optim.Optimizer):
     """Adam for row-sparse gradients: only the rows a batch touched are updated.
 
@@ -266,7 +278,7 @@ class LazyAdam(torch.optim.Optimizer):
                     continue
                 if not p.grad.is_sparse:
                     raise ConfigError("LazyAdam needs row-sparse gradients (embedding lookups with sparse=True)")
-                g = p.grad.coalesce()  # the update is non-linear: each row once
+                g = coalesced(p.grad)  # the update is non-linear: each row once
                 rows, values = g._indices()[0], g._values()
                 if rows.numel() == 0:
                     continue
@@ -402,7 +414,7 @@ def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> torch.T
         if p.grad is None:
             continue
         if p.grad.is_sparse:
-            p.grad = p.grad.coalesce()
+            p.grad = coalesced(p.grad)
             norms.append(torch.linalg.vector_norm(p.grad._values()))
         else:
             dense.append(p.grad)
@@ -415,8 +427,8 @@ def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> torch.T
     if dense:
         torch._foreach_mul_(dense, coef)
     for p in params:
-        if p.grad is not None and p.grad.is_sparse:
-            p.grad = p.grad * coef
+        if p.grad is not None and p.grad.is_sparse:  # coalesced above: scale its values in place, stay coalesced
+            p.grad._values().mul_(coef)
     return total
 
 
@@ -637,7 +649,7 @@ def fit(
                 elif sparse:
                     for p in tables:
                         if p.grad is not None:
-                            p.grad = p.grad.coalesce()
+                            p.grad = coalesced(p.grad)
                 if ema is not None:
                     ema.catch_up()
                 for o in optimizers:

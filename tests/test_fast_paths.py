@@ -76,6 +76,38 @@ def test_sparse_embedding_path_trains_the_same_model_family_to_similar_quality(p
     assert abs(res[True]["auc"] - res[False]["auc"]) < 0.02
 
 
+def test_sparse_lookup_gradient_is_the_coalesced_dense_gradient():
+    """Lookups on the sparse path hand back one row per distinct id, sorted, marked coalesced, whose
+    values are the dense gradient's rows (ids repeat within the batch and across features)."""
+    from dcn_explore.model.embedding import _SparseRows
+
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(50, 4, generator=g, requires_grad=True)
+    ids = torch.randint(0, 12, (64, 3), generator=g)  # many repeats; rows 12.. never looked up
+    upstream = torch.randn(64, 3, 4, generator=g)
+    out = _SparseRows.apply(table, ids)
+    assert torch.equal(out, table.detach()[ids])
+    (grad,) = torch.autograd.grad(out, table, upstream)
+    (dense,) = torch.autograd.grad(table[ids], table, upstream)
+    assert grad.is_sparse and grad.is_coalesced()
+    assert torch.equal(grad._indices()[0], torch.unique(ids))
+    assert torch.allclose(grad.to_dense(), dense, rtol=0, atol=1e-6)
+    ref = torch.sparse_coo_tensor(ids.reshape(1, -1), upstream.reshape(-1, 4), table.shape, check_invariants=True).coalesce()
+    assert torch.equal(grad._indices(), ref._indices())
+
+
+@pytest.mark.parametrize("rows", [[0, 3, 4, 9], [3, 0, 4, 9], [0, 3, 3, 9], [7], []])
+def test_coalesced_marks_sorted_distinct_rows_and_coalesces_the_rest(rows):
+    from dcn_explore.train import coalesced
+
+    vals = torch.arange(len(rows) * 2, dtype=torch.float32).view(-1, 2)
+    g = torch.sparse_coo_tensor(torch.tensor([rows], dtype=torch.long).view(1, -1), vals, (10, 2), check_invariants=True)
+    out = coalesced(g)
+    assert out.is_coalesced()
+    assert torch.equal(out.to_dense(), g.to_dense())
+    assert torch.equal(out._indices(), g.coalesce()._indices())
+
+
 def test_sparse_auto_threshold():
     from dcn_explore.train import SPARSE_AUTO_MIN_PARAMS, _use_sparse
 
