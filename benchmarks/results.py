@@ -105,7 +105,32 @@ def movielens() -> str:
         if c:
             s.append(f"\nOurs {c['model']} minus ours DNN: log loss {c['delta_logloss']:+.4f}, AUC {c['delta_auc']:+.4f} "
                      f"(seed std log loss {c['std_logloss'][0]:.4f} / {c['std_logloss'][1]:.4f}, AUC {c['std_auc'][0]:.4f} / {c['std_auc'][1]:.4f}).")
+    s.append(_movielens_recheck({r["model"]: r for r in d["rows"]}))
     return "\n".join(s) + "\n"
+
+
+def _movielens_recheck(full: dict) -> str:
+    """A later re-run of some of our models (``movielens_quality.py --models ... --out benchmarks/out/movielens_recheck.json``),
+    set beside the full run: quality after a change to the training path, within seed noise or not."""
+    d = _load("movielens_recheck")
+    if d is None:
+        return ""
+    m = d["meta"]
+    git = m.get("git") or {}
+    rows = []
+    for r in d["rows"]:
+        ref = full.get(r["model"])
+        if ref is None:
+            continue
+        dl, da = r["test_logloss"] - ref["test_logloss"], r["test_auc"] - ref["test_auc"]
+        inside = abs(dl) <= max(r["test_logloss_std"], ref["test_logloss_std"]) and abs(da) <= max(r["test_auc_std"], ref["test_auc_std"])
+        rows.append([r["model"], f"{r['test_logloss']:.4f} ± {r['test_logloss_std']:.4f}", f"{r['test_auc']:.4f} ± {r['test_auc_std']:.4f}",
+                     f"{dl:+.4f} / {da:+.4f}", "yes" if inside else "**no**",
+                     ", ".join(f"{k}={v}" for k, v in r["best"].items()) + ("" if r["best"] == ref["best"] else " (full run chose another)")])
+    return ("\n### Re-run of ours on a later commit\n\n" + _meta(m)
+            + f"- commit: {git.get('commit', '?')}{' (uncommitted changes)' if git.get('dirty') else ''}; wall time: {_minutes(m)}\n\n"
+            + _table(["model", "test log loss", "test AUC", "minus the full run (log loss / AUC)", "within a seed std",
+                      "chosen point"], rows) + "\n")
 
 
 def speed() -> str:
