@@ -51,7 +51,7 @@ class _Rows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         (ids,) = ctx.saved_tensors
-        return g.new_zeros(ctx.rows, g.shape[-1]).index_add(0, ids, g.contiguous()), None
+        return g.new_zeros(ctx.rows, g.shape[-1]).index_add_(0, ids, g.contiguous()), None
 
 
 class _SparseRows(torch.autograd.Function):
