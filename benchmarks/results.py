@@ -10,6 +10,7 @@ listed as not run; nothing is filled in by hand.
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -142,13 +143,21 @@ def speed() -> str:
     s.append(_table(["model", "library / model", "params", "train ex/s median (min..max)", "inference ex/s median (min..max)"],
                     [[r["model"], r["name"], f"{r['params']:,}", f"{r['train_median']:,.0f} ({r['train_min']:,.0f}..{r['train_max']:,.0f})",
                       f"{r['infer_median']:,.0f} ({r['infer_min']:,.0f}..{r['infer_max']:,.0f})"] for r in d["rows"]]))
-    ratios = {}
+    ratios, paired = {}, {}
     for r in d["rows"]:
         if r["library"] == "dcn-explore" and "train_ratio_vs_fastest_peer" in r:
             ratios[r["model"]] = (r["train_ratio_vs_fastest_peer"], r["infer_ratio_vs_fastest_peer"])
+            if "train_ratio_per_round" in r:
+                paired[r["model"]] = (r["train_ratio_per_round"], r["infer_ratio_per_round"])
     if ratios:
         s.append("\n\nOurs divided by the fastest peer (medians): " + "; ".join(
             f"{k}: training {a:.2f}x, inference {b:.2f}x" for k, (a, b) in ratios.items()) + ".")
+    if paired:
+        def spread(v):
+            return f"{statistics.median(v):.2f}x ({min(v):.2f}..{max(v):.2f})"
+
+        s.append("\nThe same per round (ours and that peer measured seconds apart), median (min..max): " + "; ".join(
+            f"{k}: training {spread(a)}, inference {spread(b)}" for k, (a, b) in paired.items()) + ".")
     return "\n".join(s) + "\n"
 
 

@@ -21,7 +21,9 @@ updates chosen automatically for these 5M-parameter tables); peers run forward, 
 regularisation term, backward, clipping 10 and ``torch.optim.Adam``. Inference is the forward
 pass under ``torch.no_grad`` in batches of ``--infer-batch``. Libraries are measured in
 alternation, ``--rounds`` times each, after a warm-up; the table reports the median and the
-spread (min..max) of examples/s and, per model, ours divided by the fastest peer's median.
+spread (min..max) of examples/s and, per model, ours divided by the fastest peer's median, and the
+median of the per-round ratios (each round measures ours and the peer seconds apart; on shared
+machines whose speed drifts by tens of per cent within minutes this is the steadier of the two).
 Results go to ``benchmarks/out/speed.json``.
 """
 
@@ -215,9 +217,17 @@ def main(argv=None) -> int:
             bt = max(peers, key=lambda r: r["train_median"])
             bi = max(peers, key=lambda r: r["infer_median"])
             ratio_t, ratio_i = rows[0]["train_median"] / bt["train_median"], rows[0]["infer_median"] / bi["infer_median"]
+            # the same comparison round by round: ours and the peer were measured seconds apart, so a
+            # drift of the machine's speed over minutes cancels in each round's ratio
+            paired_t = [a / b for a, b in zip(rows[0]["train_samples"], bt["train_samples"])]
+            paired_i = [a / b for a, b in zip(rows[0]["infer_samples"], bi["infer_samples"])]
             print(f"  ours / fastest peer: training {ratio_t:.2f}x (vs {bt['name']}), inference {ratio_i:.2f}x (vs {bi['name']})")
+            print(f"  per-round ratios, median (min..max): training {statistics.median(paired_t):.2f}x "
+                  f"({min(paired_t):.2f}..{max(paired_t):.2f}), inference {statistics.median(paired_i):.2f}x "
+                  f"({min(paired_i):.2f}..{max(paired_i):.2f})")
             for r in rows:
                 r.update(train_ratio_vs_fastest_peer=ratio_t, infer_ratio_vs_fastest_peer=ratio_i)
+            rows[0].update(train_ratio_per_round=paired_t, infer_ratio_per_round=paired_i)
         results.extend(rows)
     versions = {"torch": torch.__version__, "dcn_explore": dx.__version__}
     for mod in ("deepctr_torch", "fuxictr", "torchrec"):
