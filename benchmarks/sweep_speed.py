@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
     print(b[["rank", "seed", metric]].assign(one_by_one=a[metric].round(6), batched=b[metric].round(6)).to_string(index=False))
     write_json_atomic(args.out, {
         "command": " ".join([Path(sys.executable).name, *sys.argv]), "date": datetime.now(timezone.utc).isoformat(),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "device": name},
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(), "device": name},
         "versions": {"torch": torch.__version__, "dcn_explore": dx.__version__},
         "runs": len(a), "rounds": args.rounds, "seconds": times, "ratios": ratios, "speedup": speedup, "max_abs_diff": diff,
         "metric": metric,
