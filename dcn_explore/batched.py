@@ -99,6 +99,16 @@ def _pad_to_rank(model: DCNv2, rank: int) -> DCNv2:
     return big
 
 
+def _skinny(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for a ``b`` with few columns (a rank below 16), computed as ``(bᵀ aᵀ)ᵀ``: the CPU's
+    batched GEMM is several times slower with fewer than 16 output columns than with as few rows
+    (measured: ``(3, 512, 180) @ (3, 180, 4)`` 300 µs, transposed 60–75 µs; from rank 16 on the plain
+    product is as fast or faster). The result is a transposed view."""
+    if b.shape[-1] >= 16 or a.device.type != "cpu":
+        return torch.bmm(a, b)
+    return torch.bmm(b.mT, a.mT).mT
+
+
 class _CrossNet(torch.autograd.Function):
     """The whole cross network (every layer) for every member at once, with a hand-written backward.
 
@@ -129,7 +139,7 @@ class _CrossNet(torch.autograd.Function):
                 w = p + int(has_bias)
                 if low:
                     U, V = params[w + 2 * i], params[w + 2 * i + 1]
-                    h = torch.bmm(x, V)
+                    h = _skinny(x, V)
                     if b is None:
                         ut = U.mT.contiguous()
                     else:
@@ -178,10 +188,10 @@ class _CrossNet(torch.autograd.Function):
                 if low:
                     h, ut, vt = sv[:3]
                     r = vt.shape[1]
-                    gh = torch.bmm(gwx, ut[:, :r].mT)
+                    gh = _skinny(gwx, ut[:, :r].mT)
                     gut = torch.bmm(h.mT, gwx)  # [gUᵀ; gbᵀ]
                     grads[w + 2 * i] = gut[:, :r].mT
-                    grads[w + 2 * i + 1] = torch.bmm(x.mT, gh)
+                    grads[w + 2 * i + 1] = _skinny(x.mT, gh)
                     if has_bias:
                         grads[p][cs] = gut[:, r]
                     left, right = gh, vt
