@@ -322,6 +322,7 @@ class _EMA:
         self._skip = {e.data_ptr() for _, e, _ in self.tables}
         self.log_cum = torch.zeros(max_updates + 2, dtype=torch.float64, device=dev) if self.tables else None
         self._rows: list[torch.Tensor | None] = [None] * len(self.tables)
+        self._caught: list[torch.Tensor | None] = [None] * len(self.tables)
         self._d = 1.0
         self._pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
@@ -346,10 +347,11 @@ class _EMA:
             self._rows[k] = rows
             if rows is None:
                 continue
-            # index_select / index_copy_: several times faster on the CPU than advanced indexing
+            # index_select / index_copy_: several times faster on the CPU than advanced indexing; the
+            # caught-up rows stay here until update() lerps them and writes them back once
             pr = p.detach().index_select(0, rows)
             er = e.index_select(0, rows)
-            e.index_copy_(0, rows, pr.add_(er.sub_(pr).mul_(self._factor(last.index_select(0, rows)))))
+            self._caught[k] = pr.add_(er.sub_(pr).mul_(self._factor(last.index_select(0, rows))))
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
@@ -371,7 +373,8 @@ class _EMA:
             rows = self._rows[k]
             if rows is None:
                 continue
-            er = e.index_select(0, rows)
+            er = self._caught[k] if self._caught[k] is not None else e.index_select(0, rows)
+            self._caught[k] = None
             e.index_copy_(0, rows, er.lerp_(p.detach().index_select(0, rows), 1.0 - self._d))
             last.index_fill_(0, rows, n)
 
