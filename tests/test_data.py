@@ -41,6 +41,17 @@ def test_from_frame_encodes_strings_categories_ints_lists_and_dense():
     assert ds.schema["tags"].max_len == 3
 
 
+def test_batch_takes_rows_by_slice_or_row_numbers_of_any_shape():
+    ds = dx.data.from_frame(_frame(), label="y", categorical=["city", "device", "item"], dense=["price"], multivalent=["tags"])
+    tensors = lambda b: (b.categorical, b.multivalent, b.dense, b.label)  # noqa: E731
+    for index in (torch.tensor([5, 0, 5, 39]), torch.tensor([[3, 1, 2], [0, 0, 7]]), torch.tensor([], dtype=torch.long),
+                  torch.tensor([[1, 2]], dtype=torch.int32), torch.arange(40) % 3 == 0, slice(2, 9)):
+        got = tensors(ds.batch(index))
+        want = (ds.categorical[index], ds.multivalent[index], ds.dense[index], ds.label[index])
+        assert all(g.shape == w.shape and torch.equal(g, w) for g, w in zip(got, want)), index
+    assert ds.batch(torch.tensor([[3, 1, 2], [0, 0, 7]])).multivalent.shape == (2, 3, 1, 3)
+
+
 def test_unseen_categories_and_missing_values_map_to_oov_and_mean():
     train = pd.DataFrame({"c": ["a", "b", "a"], "m": ["x|y", "y", "x"], "p": [1.0, 3.0, np.nan], "y": [0, 1, 1]})
     ds = dx.data.from_frame(train, label="y", categorical=["c"], dense=["p"], multivalent=["m"])
