@@ -495,16 +495,6 @@ class _Stack:
                     out[name] = (self._permute(name, v, self._perm) if self._basis else v).clone()
         return out
 
-    def evaluate(self, data: TabularData, chunk: int, params: dict[str, list[torch.Tensor]] | None = None) -> list[dict]:
-        """Every member's metrics on ``data`` (on the stack's device), scored ``chunk`` rows at a time."""
-        outs, dtype = [], self.params["logit.weight"][0].dtype
-        with torch.no_grad():
-            for i in range(0, len(data), chunk):
-                b = data.batch(slice(i, i + chunk))
-                outs.append(self.forward(b.categorical, b.multivalent, b.dense.to(dtype), shared=True, params=params).float())
-        logits = torch.cat(outs, dim=1).cpu()
-        return [metrics_from_outputs(logits[g], data.label.cpu(), self.models[0].task) for g in range(self.G)]
-
     def forward(self, categorical, multivalent, dense, shared: bool = False,
                 params: dict[str, list[torch.Tensor]] | None = None) -> torch.Tensor:
         """Logits ``(G, B)`` with ``params`` (default: the trained ones; e.g. their moving average);
@@ -596,10 +586,8 @@ class _Stack:
         return _Logit.apply(combine(cfg.structure, x0, cross, deep), w, b)
 
 
-def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict], score: Sequence[TabularData] = ()) -> list[dict]:
-    """Train the runs of one group together; returns per run ``model``, ``history``, ``best_epoch``,
-    ``train_time_s`` and, with ``score``, ``scores``: the returned model's metrics on each of those data
-    sets (the members stacked again: one batched pass instead of one per run)."""
+def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> list[dict]:
+    """Train the runs of one group together; returns per run ``model``, ``history``, ``best_epoch``, ``train_time_s``."""
     order = sorted(range(len(specs)), key=lambda i: specs[i]["model"].rank or 0)  # equal ranks side by side
     specs = [specs[i] for i in order]
     cfg0, tc = specs[0]["model"], specs[0]["train"]
@@ -625,10 +613,15 @@ def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict], sco
     ema_updates = 0
     key = _loss_key(task)
 
-    chunk = min(tc.eval_batch_size, tc.batch_size)  # G stacked copies: keep them cache-sized
-
     def evaluate_members(values: dict[str, list[torch.Tensor]]) -> list[dict]:
-        return stack.evaluate(va, chunk, params=values)
+        outs = []
+        with torch.no_grad():
+            chunk = min(tc.eval_batch_size, tc.batch_size)  # G stacked copies: keep them cache-sized
+            for i in range(0, len(va), chunk):
+                b = va.batch(slice(i, i + chunk))
+                outs.append(stack.forward(b.categorical, b.multivalent, b.dense.to(dtype), shared=True, params=values).float())
+        logits = torch.cat(outs, dim=1).cpu()
+        return [metrics_from_outputs(logits[g], va.label.cpu(), task) for g in range(G)]
 
     l2_kernels = [t for k in stack.kernel_names for t in stack.params[k]] if tc.l2 > 0 else []
 
@@ -708,13 +701,6 @@ def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict], sco
         m.to(device=device, dtype=dtype).eval()
         results[order[g]] = {"model": m, "history": pd.DataFrame(histories[g]), "best_epoch": best[g]["epoch"],
                              "train_time_s": elapsed / G, "device": str(device), "group_size": G}
-    if score and all(len(d) for d in score):  # (an empty set is left to the caller's own check)
-        final = _Stack([m.train() for m in models], device, dtype)  # (stacking wants one mode; nothing here depends on it)
-        metrics = [final.evaluate(d.to(device), chunk) for d in score]
-        for m in models:
-            m.eval()
-        for g in range(G):
-            results[order[g]]["scores"] = [m[g] for m in metrics]
     return results
 
 
@@ -769,14 +755,13 @@ def sweep_batched(data: TabularData, specs: Sequence[dict], results_dir=None, sp
                     ck = str(out_dir / f"{ids[i]}.pt") if out_dir is not None else None
                     finish(i, run_one(tr, va, te, specs[i], top_k=top_k, checkpoint=ck))
                 continue
-            results = fit_batched(tr, va, [specs[i] for i in members], score=(va, te))
+            results = fit_batched(tr, va, [specs[i] for i in members])
             for i, res in zip(members, results):
                 m = res["model"]
                 if out_dir is not None:
                     save_checkpoint(out_dir / f"{ids[i]}.pt", m, specs[i]["train"], res["history"])
-                scores = dict(zip(("val", "test"), res["scores"])) if "scores" in res else None
                 rec = make_record(specs[i], m, res["history"], res["best_epoch"], res["train_time_s"], res["device"], va, te,
-                                  top_k, scores=scores, batched_group_size=res["group_size"])
+                                  top_k, batched_group_size=res["group_size"])
                 finish(i, rec)
     finally:
         if bar is not None:

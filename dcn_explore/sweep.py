@@ -131,9 +131,8 @@ def _row(record: dict, point: dict | None = None) -> dict:
 
 
 def make_record(spec: dict, model: DCNv2, history: pd.DataFrame, best_epoch: int, train_time_s: float, device: str,
-                val_set: TabularData, test_set: TabularData, top_k: int = 10, scores: dict | None = None, **extra) -> dict:
-    """The JSON-serialisable summary of one finished run (what ``results_dir/runs/<run_id>.json`` holds).
-    ``scores``: the model's ``{"val": metrics, "test": metrics}`` when the caller has them already."""
+                val_set: TabularData, test_set: TabularData, top_k: int = 10, **extra) -> dict:
+    """The JSON-serialisable summary of one finished run (what ``results_dir/runs/<run_id>.json`` holds)."""
     top = []
     if model.cross is not None:
         # nonlinear experts (Eq. 4) have no cross matrix without data: theirs is a data-averaged Jacobian
@@ -143,8 +142,7 @@ def make_record(spec: dict, model: DCNv2, history: pd.DataFrame, best_epoch: int
     return {
         "point": spec["point"], "seed": spec["seed"], "model_label": spec["model"].label(),
         "model_config": spec["model"].to_dict(), "train_config": spec["train"].to_dict(),
-        "test": scores["test"] if scores else evaluate(model, test_set),
-        "val": scores["val"] if scores else evaluate(model, val_set),
+        "test": evaluate(model, test_set), "val": evaluate(model, val_set),
         "params": model.num_parameters(), "flops": model.flops_per_example(),
         "train_time_s": train_time_s, "epochs": len(history), "best_epoch": best_epoch,
         "top_crosses": top, "history": json.loads(history.to_json(orient="records")), "device": device,

@@ -185,8 +185,8 @@ def test_fused_cross_only_step_is_the_autograd_gradient(task, cfg, ranks):
     (loss_f, grads_f), (loss_a, grads_a) = results
     assert torch.allclose(loss_f, loss_a, rtol=1e-12, atol=1e-12)
     assert len(grads_f) == len(grads_a) == len(stack.tensors())
-    for grad_f, grad_a in zip(grads_f, grads_a):
-        assert torch.allclose(grad_f, grad_a, rtol=1e-10, atol=1e-12)
+    for name_grad_f, name_grad_a in zip(grads_f, grads_a):
+        assert torch.allclose(name_grad_f, name_grad_a, rtol=1e-10, atol=1e-12)
     with torch.no_grad():
         kept = stack.forward(*inputs)
     assert torch.allclose(kept, stack.forward(*inputs).detach(), rtol=1e-12, atol=1e-12)
