@@ -59,7 +59,8 @@ from .checkpoint import save_checkpoint
 from .data.dataset import TabularData
 from .errors import TrainingDivergedError
 from .model.dcn import DCNv2, combine
-from .train import DTYPES, SPARSE_AUTO_MIN_PARAMS, _loss_key, metrics_from_outputs, resolve_device
+from .model.embedding import rows_gradient
+from .train import DTYPES, SPARSE_AUTO_MIN_PARAMS, _loss_key, dense_adam, metrics_from_outputs, resolve_device
 
 
 def group_key(spec: dict) -> str:
@@ -299,10 +300,11 @@ class _CrossOnlyStep(torch.autograd.Function):
     (mean binary cross-entropy on logits) or "regression" (mean squared error); ``pieces``: ``x0``'s
     column blocks in order, ``("categorical", table, columns, row offsets, width)`` or ``("dense",)``;
     ``rest``: the stacked tables ``(G, rows, width)`` (``n_tables`` of them), then the cross network's
-    parameters as :class:`_CrossNet` takes them."""
+    parameters as :class:`_CrossNet` takes them; ``members``: the members (a slice) each of ``w, b,
+    *rest`` holds."""
 
     @staticmethod
-    def forward(ctx, categorical, dense, label, task, workspace, pieces, layout, n_tables, w, b, *rest):
+    def forward(ctx, categorical, dense, label, task, workspace, pieces, layout, members, n_tables, w, b, *rest):
         tables, params = rest[:n_tables], rest[n_tables:]
         G, B = label.shape
         d = w.shape[-1]
@@ -336,31 +338,19 @@ class _CrossOnlyStep(torch.autograd.Function):
                 col += dense.shape[-1]
                 continue
             t, n, width = piece[1], len(piece[2]), piece[4]
-            g, shape = gflat[:, col : col + n * width], tables[t].shape
-            if G * shape[1] * 8 <= r.numel():
-                # many lookups per row (small vocabularies): index_add_ along the last dimension of the
-                # transposed gradient runs several times faster than row by row (measured on the CPU,
-                # 18,432 lookups into 276 rows of width 10: 190 µs against 670 µs; bit-identical sums)
-                gt = g.view(-1, n, width).permute(2, 0, 1).reshape(width, -1)
-                gtables[t] = g.new_zeros(width, G * shape[1]).index_add_(1, r, gt).mT.reshape(shape)
-            else:  # from a contiguous copy: index_add_ is several times slower from a strided source
-                gtables[t] = g.new_zeros(shape).view(-1, width).index_add_(0, r, g.contiguous().view(-1, width)).view(shape)
+            shape = tables[t].shape
+            g = gflat[:, col : col + n * width].view(-1, n, width)  # (G B, n, width), rows in r's order
+            gtables[t] = rows_gradient(G * shape[1], r, g).view(shape)
             col += n * width
-        ctx.grads, ctx.layout_, ctx.n_tables = (gw, gb, *gtables, *grads), layout, n_tables
+        ctx.grads, ctx.members = (gw, gb, *gtables, *grads), members
         return loss
 
     @staticmethod
     def backward(ctx, g):
         grads, ctx.grads = ctx.grads, None
         if not bool((g == 1).all()):  # scale each member's gradients by its own loss's gradient
-            kind, _, slices, _, has_bias = ctx.layout_
-            per = int(has_bias) + len(slices) * (2 if kind == "low_rank" else 1)
-            members = [slice(None)] * (ctx.n_tables + 2)
-            for j in range(len(grads) - len(members)):
-                k = j % per - int(has_bias)  # the factor's position among the layer's rank groups
-                members.append(slice(None) if k < 0 else slices[k // (2 if kind == "low_rank" else 1)])
-            grads = tuple(t * g[m].view(-1, *([1] * (t.dim() - 1))) for t, m in zip(grads, members))
-        return (None, None, None, None, None, None, None, None, *grads)
+            grads = tuple(t * g[m].view(-1, *([1] * (t.dim() - 1))) for t, m in zip(grads, ctx.members))
+        return (None, None, None, None, None, None, None, None, None, *grads)
 
 
 class _Logit(torch.autograd.Function):
@@ -520,10 +510,11 @@ class _Stack:
             if task == "binary":
                 return F.binary_cross_entropy_with_logits(out, label, reduction="none").mean(1)
             return F.mse_loss(out, label, reduction="none").mean(1)
-        tables = [p[f"embedding.cat_tables.{t}"][0] for t in range(len(self._emb._cat_groups))]
-        layout, flat = self._cross_layout(p)
-        return _CrossOnlyStep.apply(categorical, dense, label, task, self._workspace, self._x0_pieces(), layout,
-                                    len(tables), p["logit.weight"][0], p["logit.bias"][0], *tables, *flat)
+        names = ["logit.weight", "logit.bias", *(f"embedding.cat_tables.{t}" for t in range(len(self._emb._cat_groups)))]
+        layout, flat, members = self._cross_layout(p)
+        members = [s for k in names for s in self.slices[k]] + members
+        return _CrossOnlyStep.apply(categorical, dense, label, task, self._workspace, self._x0_pieces(), layout, members,
+                                    len(names) - 2, *(t for k in names for t in p[k]), *flat)
 
     def _x0_pieces(self) -> list[tuple]:
         """``x0``'s column blocks in the concatenation order, as :func:`_lookup_into` takes them."""
@@ -547,23 +538,28 @@ class _Stack:
         # with a permuted basis the parameters already are in the concatenation order
         return emb.lookup(categorical, multivalent, dense, *flat, copies=self.G, reorder=False)
 
-    def _cross_layout(self, p: dict[str, list[torch.Tensor]]) -> tuple[tuple, list[torch.Tensor]]:
-        """The cross network's layout and flat parameter list, as :class:`_CrossNet` takes them."""
+    def _cross_layout(self, p: dict[str, list[torch.Tensor]]) -> tuple[tuple, list[torch.Tensor], list[slice]]:
+        """The cross network's layout and flat parameter list, as :class:`_CrossNet` takes them, and the
+        members (a slice) each tensor of that list holds."""
         cfg = self.models[0].config
-        flat, has_bias = [], "cross.layers.0.b" in p
+        flat, members, has_bias = [], [], "cross.layers.0.b" in p
+        factors = ("U", "V") if cfg.cross == "low_rank" else ("W",)
         for i in range(cfg.cross_layers):
             pre = f"cross.layers.{i}."
-            flat += p[pre + "b"] if has_bias else []
-            flat += [t for pair in zip(*(p[pre + f] for f in (("U", "V") if cfg.cross == "low_rank" else ("W",))))
-                     for t in pair]
+            if has_bias:
+                flat += p[pre + "b"]
+                members += self.slices[pre + "b"]
+            for group, sl in zip(zip(*(p[pre + f] for f in factors)), self.slices[pre + factors[0]]):
+                flat += group
+                members += [sl] * len(group)
         slices = self.slices.get("cross.layers.0.U", [slice(0, self.G)])
-        return (cfg.cross, cfg.cross_residual, slices, cfg.cross_layers, has_bias), flat
+        return (cfg.cross, cfg.cross_residual, slices, cfg.cross_layers, has_bias), flat, members
 
     def _head(self, x0: torch.Tensor, p: dict[str, list[torch.Tensor]]) -> torch.Tensor:
         m, cfg = self.models[0], self.models[0].config
 
         def cross(x):
-            layout, flat = self._cross_layout(p)
+            layout, flat, _ = self._cross_layout(p)
             if torch.is_grad_enabled():
                 return _CrossNet.apply(x, layout, *flat)
             # evaluation: nothing kept for a backward, every activation in a kept buffer
@@ -599,10 +595,7 @@ def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> 
     stack = _Stack(models, device, dtype)
     names = stack.names
     tensors = stack.tensors()
-    try:  # one fused kernel per tensor: the same Adam, fewer passes over the stacked parameters
-        opt = torch.optim.Adam(tensors, lr=tc.lr, fused=True)
-    except RuntimeError:  # a device without the fused kernel
-        opt = torch.optim.Adam(tensors, lr=tc.lr, foreach=True)
+    opt = dense_adam(tensors, tc.lr)
     n = len(train)
     steps_per_epoch = math.ceil(n / tc.batch_size)
     total_steps = steps_per_epoch * tc.epochs if tc.max_steps is None else min(tc.max_steps, steps_per_epoch * tc.epochs)
