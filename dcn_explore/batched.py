@@ -255,14 +255,17 @@ def _buffer(workspace: dict, name: str, shape, like: torch.Tensor) -> torch.Tens
     return t
 
 
-def _lookup_into(x0: torch.Tensor, categorical, dense, pieces, tables) -> list[torch.Tensor | None]:
+def _lookup_into(x0: torch.Tensor, categorical, dense, plan, tables) -> list[torch.Tensor | None]:
     """Write the stacked members' ``x0: (G, B, d)`` in place: each id feature's rows straight into its
     columns (no pieces to concatenate). ``categorical``/``dense`` are ``(G, B, ·)`` or one ``(B, ·)``
-    batch for all members; ``pieces`` and ``tables`` as in :class:`_CrossOnlyStep`. Returns per piece
-    the table rows looked up, ``(G B n,)`` in ``x0``'s row order (``None`` for the dense piece)."""
+    batch for all members; ``plan`` and ``tables`` as in :class:`_CrossOnlyStep`. Returns per piece the
+    table rows looked up, ``(n, G B)`` (the piece's ``n`` features, rows in ``x0``'s order; ``None`` for the
+    dense piece)."""
+    pieces, cols, shift = plan
     G, B, d = x0.shape
     flat = x0.view(G * B, d)
-    member = torch.arange(G, device=x0.device).view(G, 1, 1)
+    # every feature's table rows at once, feature-major: its id + its row offset in its table + member x rows
+    rows = torch.add(categorical.movedim(-1, 0).index_select(0, cols).view(len(cols), -1, B), shift).view(len(cols), G * B)
     ids, col = [], 0
     for piece in pieces:
         if piece[0] == "dense":
@@ -270,15 +273,61 @@ def _lookup_into(x0: torch.Tensor, categorical, dense, pieces, tables) -> list[t
             col += dense.shape[-1]
             ids.append(None)
             continue
-        _, t, cols, offsets, width = piece
-        rows = tables[t].shape[1]
-        r = (categorical.index_select(-1, cols) + offsets + member * rows).view(G * B, -1)  # (G B, n)
-        for j in range(r.shape[1]):
-            torch.index_select(tables[t].view(G * rows, width), 0, r[:, j].contiguous(),
-                               out=flat[:, col + j * width : col + (j + 1) * width])
-        col += r.shape[1] * width
-        ids.append(r.reshape(-1))
+        _, t, first, n, width = piece
+        table = tables[t].view(-1, width)
+        for j in range(n):
+            torch.index_select(table, 0, rows[first + j], out=flat[:, col + j * width : col + (j + 1) * width])
+        col += n * width
+        ids.append(rows[first : first + n])
     return ids
+
+
+def _fused_step(categorical, dense, label, task, workspace, plan, layout, n_tables, w, b, *rest, keep_grads=False):
+    """The per-member loss ``(G,)`` of :class:`_CrossOnlyStep` and the gradients of ``(w, b, *rest)`` (of the
+    summed loss), computed together. ``keep_grads``: the tables' gradients are written into buffers of
+    ``workspace`` kept from step to step (the caller hands them on as the parameters' ``.grad``)."""
+    tables, params = rest[:n_tables], rest[n_tables:]
+    G, B = label.shape
+    d = w.shape[-1]
+    x0 = _buffer(workspace, "x0", (G, B, d), w)
+    ids = _lookup_into(x0, categorical, dense, plan, tables)
+    grads = _bias_grads(layout, params)
+    gx0 = _buffer(workspace, "gx0", (G, B, d), w)
+    gw, gb, loss = torch.empty_like(w), torch.empty_like(b), x0.new_empty(G)
+
+    def buf(name: str, like: torch.Tensor) -> torch.Tensor:
+        return _buffer(workspace, name, like.shape, like)
+
+    for i, cs in enumerate(layout[2]):
+        x0c = x0[cs]
+        out, saved = _cross_group_forward(x0c, i, layout, params, buf=buf)
+        logit = torch.baddbmm(b[cs].unsqueeze(-1), out, w[cs].mT).squeeze(-1)  # (G_k, B)
+        y = label[cs]
+        if task == "binary":
+            loss[cs] = F.binary_cross_entropy_with_logits(logit, y, reduction="none").mean(1)
+            dlogit = (torch.sigmoid(logit) - y) / B
+        else:
+            loss[cs] = F.mse_loss(logit, y, reduction="none").mean(1)
+            dlogit = (logit - y) * (2.0 / B)
+        torch.bmm(dlogit.unsqueeze(1), out, out=gw[cs])
+        torch.sum(dlogit, 1, keepdim=True, out=gb[cs])
+        gc = torch.mul(dlogit.unsqueeze(-1), w[cs], out=buf("gc", x0c))  # the outer product dlogit wᵀ
+        _cross_group_backward(gc, x0c, gx0[cs], i, layout, params, saved, grads, own=True, buf=buf)
+    gflat, gtables, col = gx0.view(G * B, d), [None] * n_tables, 0
+    for piece, r in zip(plan[0], ids):
+        if piece[0] == "dense":
+            col += dense.shape[-1]
+            continue
+        t, n, width = piece[1], piece[3], piece[4]
+        shape = tables[t].shape
+        g = gflat[:, col : col + n * width].view(-1, n, width).transpose(0, 1)  # (n, G B, width), as r
+        if keep_grads:  # the kept tensor itself (not a view of it) becomes the table's .grad
+            gtables[t] = _buffer(workspace, f"grad:table{t}", shape, tables[t])
+            rows_gradient(G * shape[1], r, g, out=gtables[t].view(-1, width))
+        else:
+            gtables[t] = rows_gradient(G * shape[1], r, g).view(shape)
+        col += n * width
+    return loss, (gw, gb, *gtables, *grads)
 
 
 class _CrossOnlyStep(torch.autograd.Function):
@@ -297,52 +346,15 @@ class _CrossOnlyStep(torch.autograd.Function):
     ``loss.sum().backward()``).
 
     ``categorical: (G, B, n_cat)``, ``dense: (G, B, n_dense)``, ``label: (G, B)``; ``task``: "binary"
-    (mean binary cross-entropy on logits) or "regression" (mean squared error); ``pieces``: ``x0``'s
-    column blocks in order, ``("categorical", table, columns, row offsets, width)`` or ``("dense",)``;
-    ``rest``: the stacked tables ``(G, rows, width)`` (``n_tables`` of them), then the cross network's
+    (mean binary cross-entropy on logits) or "regression" (mean squared error); ``plan``: how ``x0``
+    is built (:meth:`_Stack._lookup_plan`); ``rest``: the stacked tables ``(G, rows, width)`` (``n_tables`` of them), then the cross network's
     parameters as :class:`_CrossNet` takes them; ``members``: the members (a slice) each of ``w, b,
     *rest`` holds."""
 
     @staticmethod
-    def forward(ctx, categorical, dense, label, task, workspace, pieces, layout, members, n_tables, w, b, *rest):
-        tables, params = rest[:n_tables], rest[n_tables:]
-        G, B = label.shape
-        d = w.shape[-1]
-        x0 = _buffer(workspace, "x0", (G, B, d), w)
-        ids = _lookup_into(x0, categorical, dense, pieces, tables)
-        grads = _bias_grads(layout, params)
-        gx0 = _buffer(workspace, "gx0", (G, B, d), w)
-        gw, gb, loss = torch.empty_like(w), torch.empty_like(b), x0.new_empty(G)
-
-        def buf(name: str, like: torch.Tensor) -> torch.Tensor:
-            return _buffer(workspace, name, like.shape, like)
-
-        for i, cs in enumerate(layout[2]):
-            x0c = x0[cs]
-            out, saved = _cross_group_forward(x0c, i, layout, params, buf=buf)
-            logit = torch.baddbmm(b[cs].unsqueeze(-1), out, w[cs].mT).squeeze(-1)  # (G_k, B)
-            y = label[cs]
-            if task == "binary":
-                loss[cs] = F.binary_cross_entropy_with_logits(logit, y, reduction="none").mean(1)
-                dlogit = (torch.sigmoid(logit) - y) / B
-            else:
-                loss[cs] = F.mse_loss(logit, y, reduction="none").mean(1)
-                dlogit = (logit - y) * (2.0 / B)
-            torch.bmm(dlogit.unsqueeze(1), out, out=gw[cs])
-            torch.sum(dlogit, 1, keepdim=True, out=gb[cs])
-            gc = torch.mul(dlogit.unsqueeze(-1), w[cs], out=buf("gc", x0c))  # the outer product dlogit wᵀ
-            _cross_group_backward(gc, x0c, gx0[cs], i, layout, params, saved, grads, own=True, buf=buf)
-        gflat, gtables, col = gx0.view(G * B, d), [None] * n_tables, 0
-        for piece, r in zip(pieces, ids):
-            if piece[0] == "dense":
-                col += dense.shape[-1]
-                continue
-            t, n, width = piece[1], len(piece[2]), piece[4]
-            shape = tables[t].shape
-            g = gflat[:, col : col + n * width].view(-1, n, width)  # (G B, n, width), rows in r's order
-            gtables[t] = rows_gradient(G * shape[1], r, g).view(shape)
-            col += n * width
-        ctx.grads, ctx.members = (gw, gb, *gtables, *grads), members
+    def forward(ctx, categorical, dense, label, task, workspace, plan, layout, members, n_tables, w, b, *rest):
+        loss, ctx.grads = _fused_step(categorical, dense, label, task, workspace, plan, layout, n_tables, w, b, *rest)
+        ctx.members = members
         return loss
 
     @staticmethod
@@ -427,7 +439,7 @@ class _Stack:
         self._emb = models[0].embedding
         self._members = torch.arange(self.G, device=device)
         self._workspace: dict = {}  # activation buffers of the fused cross-only step, kept across steps
-        self._pieces: list | None = None  # x0's column blocks, for the fused step
+        self._pieces: tuple | None = None  # how the fused step and the evaluation build x0 (_lookup_plan)
 
     @staticmethod
     def _basis_dims(model: DCNv2) -> dict[str, list[int]]:
@@ -504,25 +516,62 @@ class _Stack:
 
     def loss(self, categorical, multivalent, dense, label: torch.Tensor) -> torch.Tensor:
         """Per-member mean training loss ``(G,)`` of a batch ``(G, B, ...)`` with the trained parameters."""
-        p, task = self.params, self.models[0].task
+        task = self.models[0].task
         if not self.fused_loss:
             out = self.forward(categorical, multivalent, dense)
             if task == "binary":
                 return F.binary_cross_entropy_with_logits(out, label, reduction="none").mean(1)
             return F.mse_loss(out, label, reduction="none").mean(1)
+        layout, tensors, members = self._fused_inputs()
+        return _CrossOnlyStep.apply(categorical, dense, label, task, self._workspace, self._lookup_plan(), layout, members,
+                                    len(self._emb._cat_groups), *tensors)
+
+    def _fused_inputs(self) -> tuple[tuple, list[torch.Tensor], list[slice]]:
+        """The fused step's cross-network layout, its tensors (``w, b``, the tables, then the cross
+        network's as :class:`_CrossNet` takes them) and the members (a slice) each tensor holds."""
+        p = self.params
         names = ["logit.weight", "logit.bias", *(f"embedding.cat_tables.{t}" for t in range(len(self._emb._cat_groups)))]
         layout, flat, members = self._cross_layout(p)
-        members = [s for k in names for s in self.slices[k]] + members
-        return _CrossOnlyStep.apply(categorical, dense, label, task, self._workspace, self._x0_pieces(), layout, members,
-                                    len(names) - 2, *(t for k in names for t in p[k]), *flat)
+        return layout, [t for k in names for t in p[k]] + flat, [s for k in names for s in self.slices[k]] + members
 
-    def _x0_pieces(self) -> list[tuple]:
-        """``x0``'s column blocks in the concatenation order, as :func:`_lookup_into` takes them."""
+    def fused_step(self, categorical, dense, label: torch.Tensor) -> torch.Tensor:
+        """The fused step without autograd (:attr:`fused_loss` models): returns the per-member losses
+        ``(G,)`` and leaves the gradient of their sum in every tensor's ``.grad``, in tensors kept from
+        step to step (the tables' written in place, the cross network's copied in: a few small
+        copies instead of the autograd engine, its per-tensor accumulation and fresh table-sized
+        gradients every step). Call it instead of :meth:`loss` + ``backward()``, without zeroing the
+        gradients in between."""
+        layout, tensors, _ = self._fused_inputs()
+        with torch.no_grad():
+            loss, grads = _fused_step(categorical, dense, label, self.models[0].task, self._workspace, self._lookup_plan(),
+                                      layout, len(self._emb._cat_groups), *tensors, keep_grads=True)
+            for t, g in zip(tensors, grads):
+                if t.grad is None:
+                    t.grad = g.contiguous()
+                elif t.grad is not g:
+                    t.grad.copy_(g)
+        return loss
+
+    def _lookup_plan(self) -> tuple[list[tuple], torch.Tensor, torch.Tensor]:
+        """How :func:`_lookup_into` builds ``x0``: its column blocks in the concatenation order
+        (``("categorical", table, first feature, features, width)`` or ``("dense",)``), the categorical
+        columns in that order, and per such feature and member the shift of its ids to its rows in the
+        member-stacked table: ``(features, G, 1)`` (the feature's offset in its table + member x rows)."""
         if self._pieces is None:
-            emb = self._emb
-            self._pieces = [("dense",) if kind == "dense" else
-                            ("categorical", t, getattr(emb, f"cat_cols_{t}"), getattr(emb, f"cat_offsets_{t}"), emb._cat_groups[t][0])
-                            for kind, t in emb._blocks]
+            emb, pieces, cols, shift = self._emb, [], [], []
+            members = self._members.view(-1, 1)
+            for kind, t in emb._blocks:
+                if kind == "dense":
+                    pieces.append(("dense",))
+                    continue
+                c, off = getattr(emb, f"cat_cols_{t}"), getattr(emb, f"cat_offsets_{t}")
+                rows = self.params[f"embedding.cat_tables.{t}"][0].shape[1]
+                pieces.append(("categorical", t, len(cols), c.numel(), emb._cat_groups[t][0]))
+                cols += c.tolist()
+                shift += [o + members * rows for o in off.tolist()]
+            dev = self._members.device
+            self._pieces = (pieces, torch.tensor(cols, dtype=torch.long, device=dev),
+                            torch.stack(shift) if shift else torch.zeros(0, self.G, 1, dtype=torch.long, device=dev))
         return self._pieces
 
     def _x0(self, categorical, multivalent, dense, p: dict[str, list[torch.Tensor]]) -> torch.Tensor:
@@ -530,7 +579,7 @@ class _Stack:
         if not torch.is_grad_enabled() and not emb._mv_groups:  # evaluation: x0 in a kept buffer
             ref = p["logit.weight"][0]
             x0 = _buffer(self._workspace, "eval:x0", (self.G, categorical.shape[-2], emb.perm.numel()), ref)
-            _lookup_into(x0, categorical, dense.to(ref.dtype), self._x0_pieces(),
+            _lookup_into(x0, categorical, dense.to(ref.dtype), self._lookup_plan(),
                          [p[f"embedding.cat_tables.{t}"][0] for t in range(len(emb._cat_groups))])
             return x0
         flat = [[t[0].reshape(-1, t[0].shape[-1]) for t in (p[f"embedding.{kind}_tables.{i}"] for i in range(n))]
@@ -617,6 +666,7 @@ def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> 
         return [metrics_from_outputs(logits[g], va.label.cpu(), task) for g in range(G)]
 
     l2_kernels = [t for k in stack.kernel_names for t in stack.params[k]] if tc.l2 > 0 else []
+    fused = stack.fused_loss
 
     histories: list[list[dict]] = [[] for _ in range(G)]
     best = [{"value": math.inf, "epoch": 0, "state": None} for _ in range(G)]
@@ -633,7 +683,10 @@ def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> 
                 break
             idx = torch.stack([p[i : i + tc.batch_size] for p in perms])  # (G, B)
             b = tr.batch(idx)
-            per = stack.loss(b.categorical, b.multivalent, b.dense.to(dtype), b.label.to(dtype))  # (G,)
+            if fused:  # losses and gradients in one pass, no autograd graph
+                per = stack.fused_step(b.categorical, b.dense.to(dtype), b.label.to(dtype))  # (G,)
+            else:
+                per = stack.loss(b.categorical, b.multivalent, b.dense.to(dtype), b.label.to(dtype))  # (G,)
             total = per.detach()
             if l2_kernels:  # λ Σ‖W‖²: its value for the check below, its gradient 2λW added after backward
                 with torch.no_grad():
@@ -645,10 +698,12 @@ def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> 
                     f"batched run {order[g]} (seed {specs[g]['seed']}, {specs[g]['model'].label()}): loss became "
                     f"{float(total[g])} at step {step + 1} (epoch {epoch}); last good metrics: "
                     f"{histories[g][-1] if histories[g] else 'none (diverged in the first epoch)'}")
-            opt.zero_grad(set_to_none=True)
-            per.sum().backward()
+            if not fused:
+                opt.zero_grad(set_to_none=True)
+                per.sum().backward()
             if l2_kernels:
-                torch._foreach_add_([t.grad for t in l2_kernels], l2_kernels, alpha=2 * tc.l2)
+                with torch.no_grad():
+                    torch._foreach_add_([t.grad for t in l2_kernels], l2_kernels, alpha=2 * tc.l2)
             if tc.clip_norm is not None:
                 with torch.no_grad():
                     stack.scale_grads((tc.clip_norm / (stack.norms(names, grads=True) + 1e-6)).clamp(max=1.0))

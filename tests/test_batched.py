@@ -190,6 +190,22 @@ def test_fused_cross_only_step_is_the_autograd_gradient(task, cfg, ranks):
     with torch.no_grad():
         kept = stack.forward(*inputs)
     assert torch.allclose(kept, stack.forward(*inputs).detach(), rtol=1e-12, atol=1e-12)
+    # the step without autograd (what fit_batched runs): the gradients of the summed loss in .grad,
+    # overwritten (not accumulated) by the next call, in contiguous tensors (the fused Adam needs them)
+    tensors = stack.tensors()
+    for t in tensors:
+        t.grad = None
+    per = stack.loss(*inputs, batch.label.double())
+    per.sum().backward()
+    reference = [t.grad.clone() for t in tensors]
+    for t in tensors:
+        t.grad = None
+    for _ in range(2):
+        per_direct = stack.fused_step(batch.categorical, batch.dense.double(), batch.label.double())
+    assert not per_direct.requires_grad and torch.allclose(per_direct, loss_f, rtol=1e-12, atol=1e-12)
+    for t, ref in zip(tensors, reference):
+        assert t.grad.is_contiguous() and t.grad.shape == t.shape
+        assert torch.allclose(t.grad, ref, rtol=1e-10, atol=1e-12)
 
 
 def test_batched_records_match_one_by_one_on_tie_heavy_data():
