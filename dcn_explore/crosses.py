@@ -137,6 +137,24 @@ class CrossReport:
         sq = sum(self._norms(l, key, mode) ** 2 for l in self._layers(layer))
         return pd.DataFrame(sq.sqrt().numpy(), index=pd.Index(self.names, name="feature_i"), columns=pd.Index(self.names, name="feature_j"))
 
+    def _pair_norms(self, layer, expert, mode: str, ordered: bool, include_diagonal: bool):
+        """The feature indices ``(i, j)`` of every listed pair and, per layer and expert (in that order),
+        ``(layer, expert label, norms of the pairs)``."""
+        experts = list(range(self.n_experts)) if expert == "each" and self.cross == "mixture" else [expert]
+        k = len(self.names)
+        # row-major (i, j): every ordered pair, or i <= j (i < j without the diagonal)
+        if ordered:
+            i, j = np.nonzero(~np.eye(k, dtype=bool) | include_diagonal)
+        else:
+            i, j = np.triu_indices(k, 0 if include_diagonal else 1)
+        parts = []
+        for l in self._layers(layer):
+            for e in experts:
+                n = self._norms(l, self._expert_key(e), mode).numpy()
+                v = n[i, j] if ordered else np.where(i == j, n[i, j], np.hypot(n[i, j], n[j, i]))
+                parts.append((l, "combined" if self._expert_key(e) is None else int(e), v.astype(float)))
+        return i, j, parts
+
     def pairs(self, layer: int | None = None, expert: Any = "combined", mode: str = "weight",
               ordered: bool = False, include_diagonal: bool = False) -> pd.DataFrame:
         """Every cross as a tidy table: ``feature_a, feature_b, norm, layer, expert``.
@@ -144,38 +162,33 @@ class CrossReport:
         Unordered (default): blocks ``(i, j)`` and ``(j, i)`` combined as ``sqrt(‖W_ij‖² + ‖W_ji‖²)``.
         ``expert="each"`` lists every expert of a mixture separately (``"combined"``: the gate-weighted matrix).
         """
-        experts = list(range(self.n_experts)) if expert == "each" and self.cross == "mixture" else [expert]
         names = np.array(self.names, dtype=object)
-        k = len(names)
-        # row-major (i, j): every ordered pair, or i <= j (i < j without the diagonal)
-        if ordered:
-            i, j = np.nonzero(~np.eye(k, dtype=bool) | include_diagonal)
-        else:
-            i, j = np.triu_indices(k, 0 if include_diagonal else 1)
-        frames = []
-        for l in self._layers(layer):
-            for e in experts:
-                n = self._norms(l, self._expert_key(e), mode).numpy()
-                v = n[i, j] if ordered else np.where(i == j, n[i, j], np.hypot(n[i, j], n[j, i]))
-                label = "combined" if self._expert_key(e) is None else int(e)
-                frames.append(pd.DataFrame({"feature_a": names[i], "feature_b": names[j], "norm": v.astype(float),
-                                            "layer": l, "expert": label}))
-        return pd.concat(frames, ignore_index=True)
+        i, j, parts = self._pair_norms(layer, expert, mode, ordered, include_diagonal)
+        return pd.concat([pd.DataFrame({"feature_a": names[i], "feature_b": names[j], "norm": v, "layer": l, "expert": e})
+                          for l, e, v in parts], ignore_index=True)
 
     def top(self, k: int = 10, layer: int | None = None, expert: Any = "combined", mode: str = "weight",
             ordered: bool = False, aggregate: bool = False) -> pd.DataFrame:
-        """The ``k`` strongest off-diagonal crosses across layers (and experts, with ``expert="each"``).
+        """The ``k`` strongest off-diagonal crosses across layers (and experts, with ``expert="each"``);
+        ties keep the order of :meth:`pairs`.
 
         ``aggregate=True`` first combines the layers per pair (``sqrt(Σ_l norm²)``, layer = ``"all"``).
         """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ConfigError(f"k={k!r}: must be an integer >= 1")
-        p = self.pairs(layer=layer, expert=expert, mode=mode, ordered=ordered)
-        if aggregate:
-            p = (p.assign(sq=p["norm"] ** 2).groupby(["feature_a", "feature_b", "expert"], sort=False)["sq"].sum()
-                 .pipe(np.sqrt).rename("norm").reset_index().assign(layer="all"))
-            p = p[["feature_a", "feature_b", "norm", "layer", "expert"]]
-        return p.sort_values("norm", ascending=False, kind="stable").head(int(k)).reset_index(drop=True)
+        i, j, parts = self._pair_norms(layer, expert, mode, ordered, False)
+        if aggregate:  # per expert, the layers' squares summed in layer order
+            sums: dict = {}
+            for _, e, v in parts:
+                sums[e] = sums[e] + v**2 if e in sums else v**2
+            parts = [("all", e, np.sqrt(sq)) for e, sq in sums.items()]
+        # the (layer, expert, pair) rows in pairs()'s order; a stable sort on the negated norms keeps it for ties
+        norms = np.concatenate([v for _, _, v in parts])
+        best = np.argsort(-norms, kind="stable")[: int(k)]
+        part, pair = np.divmod(best, len(i))
+        names = np.array(self.names, dtype=object)
+        return pd.DataFrame({"feature_a": names[i[pair]], "feature_b": names[j[pair]], "norm": norms[best],
+                             "layer": [parts[q][0] for q in part], "expert": [parts[q][1] for q in part]})
 
     def pair_scores(self, mode: str = "weight", layer: int | None = None) -> pd.Series:
         """Unordered off-diagonal pair -> score, layers combined ``sqrt(Σ_l norm²)``, combined experts."""
