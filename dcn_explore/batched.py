@@ -130,6 +130,11 @@ def _cross_group_forward(x0c, i: int, layout, params, dst=None, buf=_fresh):
         p = layer * per
         b = params[p][cs] if has_bias else None
         w = p + int(has_bias)
+        # layer 0 with a bias: x1 = x0 ⊙ (W x0 + b + 1), the residual riding in the bias (one pass less here
+        # and in the backward, where x0's gradient then needs no separate residual term)
+        fold = residual and layer == 0 and b is not None
+        if fold:
+            b = b + 1
         if low:
             U, V = params[w + 2 * i], params[w + 2 * i + 1]
             h = _skinny(x, V)
@@ -147,7 +152,7 @@ def _cross_group_forward(x0c, i: int, layout, params, dst=None, buf=_fresh):
             wx = torch.baddbmm(b.unsqueeze(1), x, params[w + i].mT, out=buf(f"wx{layer}", x0c))
         saved += [x, wx]
         out = dst if dst is not None and layer == layers - 1 else buf(f"x{layer + 1}", x0c)
-        x = torch.addcmul(x, x0c, wx, out=out) if residual else torch.mul(x0c, wx, out=out)
+        x = torch.addcmul(x, x0c, wx, out=out) if residual and not fold else torch.mul(x0c, wx, out=out)
     return x, saved
 
 
@@ -187,6 +192,9 @@ def _cross_group_backward(gc, x0c, acc, i: int, layout, params, saved, grads, ow
             if has_bias:
                 torch.sum(gwx, 1, out=grads[p][cs])
             left, right = gwx, params[w + i]
+        if layer == 0 and (has_bias or not residual):  # the residual is in wx (see the forward), or there is none
+            acc.baddbmm_(left, right)
+            return
         if not residual:
             torch.bmm(left, right, out=gx)
         elif own:
@@ -282,10 +290,10 @@ def _lookup_into(x0: torch.Tensor, categorical, dense, plan, tables) -> list[tor
     return ids
 
 
-def _fused_step(categorical, dense, label, task, workspace, plan, layout, n_tables, w, b, *rest, keep_grads=False):
+def _fused_step(categorical, dense, label, task, workspace, plan, layout, n_tables, w, b, *rest, table_grads=None):
     """The per-member loss ``(G,)`` of :class:`_CrossOnlyStep` and the gradients of ``(w, b, *rest)`` (of the
-    summed loss), computed together. ``keep_grads``: the tables' gradients are written into buffers of
-    ``workspace`` kept from step to step (the caller hands them on as the parameters' ``.grad``)."""
+    summed loss), computed together. ``table_grads``: contiguous tensors (e.g. the tables' ``.grad``) to
+    write the tables' gradients into (and return) instead of new ones."""
     tables, params = rest[:n_tables], rest[n_tables:]
     G, B = label.shape
     d = w.shape[-1]
@@ -321,8 +329,8 @@ def _fused_step(categorical, dense, label, task, workspace, plan, layout, n_tabl
         t, n, width = piece[1], piece[3], piece[4]
         shape = tables[t].shape
         g = gflat[:, col : col + n * width].view(-1, n, width).transpose(0, 1)  # (n, G B, width), as r
-        if keep_grads:  # the kept tensor itself (not a view of it) becomes the table's .grad
-            gtables[t] = _buffer(workspace, f"grad:table{t}", shape, tables[t])
+        if table_grads is not None:
+            gtables[t] = table_grads[t]
             rows_gradient(G * shape[1], r, g, out=gtables[t].view(-1, width))
         else:
             gtables[t] = rows_gradient(G * shape[1], r, g).view(shape)
@@ -440,6 +448,7 @@ class _Stack:
         self._members = torch.arange(self.G, device=device)
         self._workspace: dict = {}  # activation buffers of the fused cross-only step, kept across steps
         self._pieces: tuple | None = None  # how the fused step and the evaluation build x0 (_lookup_plan)
+        self._flat: torch.Tensor | None = None  # the flat leaf over every tensor, after flatten()
 
     @staticmethod
     def _basis_dims(model: DCNv2) -> dict[str, list[int]]:
@@ -536,21 +545,61 @@ class _Stack:
 
     def fused_step(self, categorical, dense, label: torch.Tensor) -> torch.Tensor:
         """The fused step without autograd (:attr:`fused_loss` models): returns the per-member losses
-        ``(G,)`` and leaves the gradient of their sum in every tensor's ``.grad``, in tensors kept from
-        step to step (the tables' written in place, the cross network's copied in: a few small
-        copies instead of the autograd engine, its per-tensor accumulation and fresh table-sized
-        gradients every step). Call it instead of :meth:`loss` + ``backward()``, without zeroing the
-        gradients in between."""
+        ``(G,)`` and leaves the gradient of their sum in every tensor's ``.grad``, overwritten in place
+        (the tables' written there, the cross network's copied in: a few small copies instead of the
+        autograd engine, its per-tensor accumulation and fresh table-sized gradients every step). Call
+        it instead of :meth:`loss` + ``backward()``, without zeroing or dropping the gradients in between."""
         layout, tensors, _ = self._fused_inputs()
+        n_tables = len(self._emb._cat_groups)
+        for t in tensors:
+            if t.grad is None:
+                t.grad = torch.zeros_like(t)
         with torch.no_grad():
             loss, grads = _fused_step(categorical, dense, label, self.models[0].task, self._workspace, self._lookup_plan(),
-                                      layout, len(self._emb._cat_groups), *tensors, keep_grads=True)
+                                      layout, n_tables, *tensors, table_grads=[t.grad for t in tensors[2 : 2 + n_tables]])
             for t, g in zip(tensors, grads):
-                if t.grad is None:
-                    t.grad = g.contiguous()
-                elif t.grad is not g:
+                if g is not t.grad:
                     t.grad.copy_(g)
         return loss
+
+    def flatten(self) -> torch.Tensor:
+        """Move every tensor into one flat buffer (the tensors become views of it, their ``.grad`` views of
+        one flat gradient buffer) and return a leaf over the whole buffer whose ``.grad`` is that gradient
+        buffer: for :meth:`fused_step`, which writes the gradients in place, so that the optimizer and
+        the moving average make one pass over one tensor instead of one per tensor (the fused Adam on
+        the 28 tensors of a 12-member stack: 760 µs a step, on one tensor of the same size 370 µs)."""
+        ts = self.tensors()
+        flat = ts[0].new_empty(sum(t.numel() for t in ts))
+        grad = torch.zeros_like(flat)
+        self._offsets, off = [], 0
+        for k in self.names:
+            views = []
+            for t in self.params[k]:
+                v = flat[off : off + t.numel()].view_as(t)
+                v.copy_(t.detach())
+                v.requires_grad_()
+                v.grad = grad[off : off + t.numel()].view_as(t)
+                views.append(v)
+                self._offsets.append(off)
+                off += t.numel()
+            self.params[k] = views
+        leaf = flat.detach().requires_grad_()
+        leaf.grad = grad
+        self._flat = leaf
+        return leaf
+
+    def optimized(self) -> list[torch.Tensor]:
+        """The tensors an optimizer updates: the flat leaf after :meth:`flatten`, else :meth:`tensors`."""
+        return [self._flat] if self._flat is not None else self.tensors()
+
+    def values_like(self, tensors: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+        """``tensors`` shaped like :meth:`optimized` (e.g. their moving average) as ``params`` is: per name,
+        one tensor per member slice (views into the flat tensor after :meth:`flatten`)."""
+        if self._flat is None:
+            it = iter(tensors)
+            return {k: [next(it) for _ in self.params[k]] for k in self.names}
+        offs = iter(self._offsets)
+        return {k: [tensors[0][(o := next(offs)) : o + t.numel()].view_as(t) for t in self.params[k]] for k in self.names}
 
     def _lookup_plan(self) -> tuple[list[tuple], torch.Tensor, torch.Tensor]:
         """How :func:`_lookup_into` builds ``x0``: its column blocks in the concatenation order
@@ -643,7 +692,10 @@ def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> 
     models = [DCNv2(train.schema, s["model"], task=task, seed=s["seed"]) for s in specs]
     stack = _Stack(models, device, dtype)
     names = stack.names
-    tensors = stack.tensors()
+    fused = stack.fused_loss
+    if fused:  # the fused step writes the gradients in place: one flat tensor for the optimizer and the average
+        stack.flatten()
+    tensors = stack.optimized()
     opt = dense_adam(tensors, tc.lr)
     n = len(train)
     steps_per_epoch = math.ceil(n / tc.batch_size)
@@ -666,7 +718,6 @@ def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> 
         return [metrics_from_outputs(logits[g], va.label.cpu(), task) for g in range(G)]
 
     l2_kernels = [t for k in stack.kernel_names for t in stack.params[k]] if tc.l2 > 0 else []
-    fused = stack.fused_loss
 
     histories: list[list[dict]] = [[] for _ in range(G)]
     best = [{"value": math.inf, "epoch": 0, "state": None} for _ in range(G)]
@@ -714,11 +765,12 @@ def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> 
                 ema_updates += 1
                 with torch.no_grad():
                     if ema is None:
-                        ema = {k: [t.detach().clone() for t in stack.params[k]] for k in names}
+                        ema_tensors = [t.detach().clone() for t in tensors]
+                        ema = stack.values_like(ema_tensors)
                     else:
                         m_ = ema_updates
                         d = min(tc.ema_decay, (1 + m_) / (10 + m_)) if tc.ema_warmup else tc.ema_decay
-                        torch._foreach_lerp_([e for k in names for e in ema[k]], [t.detach() for t in tensors], 1.0 - d)
+                        torch._foreach_lerp_(ema_tensors, [t.detach() for t in tensors], 1.0 - d)
             loss_sums += per.detach().double().cpu() * idx.shape[1]
             seen += idx.shape[1]
             step += 1

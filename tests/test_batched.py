@@ -227,3 +227,36 @@ def test_batched_records_match_one_by_one_on_tie_heavy_data():
     bat = dx.sweep(data, base, {"rank": [2, 3]}, seeds=2, train=train, progress=False, batched=True)
     for col in ("val_auc", "test_auc", "val_logloss", "test_logloss"):
         assert (seq[col] - bat[col]).abs().max() < TOL, col
+
+
+def test_flatten_keeps_values_and_shares_the_gradient_buffer():
+    """After ``flatten()`` every stacked tensor is a view of one flat leaf (values unchanged), its
+    ``.grad`` a view of the leaf's gradient, and ``values_like`` maps a tensor shaped like the leaf
+    back to the same views; Adam on the leaf moves each tensor as Adam on the tensors one by one."""
+    import torch
+
+    from dcn_explore.batched import _Stack
+
+    data = dx.data.planted_crosses(n_samples=200, seed=3)
+    base = dx.DCNConfig(cross="low_rank", rank=2, cross_layers=2, structure="cross_only")
+
+    def stack():
+        return _Stack([dx.DCNv2(data.schema, base.replace(rank=r), seed=s) for s, r in enumerate([2, 2, 5])], "cpu", torch.float64)
+
+    flat, plain = stack(), stack()
+    before = [t.detach().clone() for t in flat.tensors()]
+    leaf = flat.flatten()
+    assert flat.optimized() == [leaf] and leaf.numel() == sum(t.numel() for t in before)
+    grads = torch.randn(leaf.numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    leaf.grad.copy_(grads)
+    off = 0
+    for t, b, p in zip(flat.tensors(), before, plain.tensors()):
+        assert torch.equal(t, b) and t.data_ptr() == leaf.data_ptr() + off * leaf.element_size()
+        assert torch.equal(t.grad, grads[off : off + t.numel()].view_as(t))
+        p.grad = t.grad.clone()
+        off += t.numel()
+    doubled = flat.values_like([leaf.detach() * 2])
+    assert all(torch.equal(v, 2 * t) for k in flat.names for v, t in zip(doubled[k], flat.params[k]))
+    torch.optim.Adam([leaf], lr=0.1).step()
+    torch.optim.Adam(plain.tensors(), lr=0.1).step()
+    assert all(torch.allclose(t, p, rtol=0, atol=1e-15) for t, p in zip(flat.tensors(), plain.tensors()))
