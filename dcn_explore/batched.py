@@ -273,7 +273,8 @@ def _lookup_into(x0: torch.Tensor, categorical, dense, plan, tables) -> list[tor
     G, B, d = x0.shape
     flat = x0.view(G * B, d)
     # every feature's table rows at once, feature-major: its id + its row offset in its table + member x rows
-    rows = torch.add(categorical.movedim(-1, 0).index_select(0, cols).view(len(cols), -1, B), shift).view(len(cols), G * B)
+    if len(cols):
+        rows = torch.add(categorical.movedim(-1, 0).index_select(0, cols).view(len(cols), -1, B), shift).view(len(cols), G * B)
     ids, col = [], 0
     for piece in pieces:
         if piece[0] == "dense":
