@@ -302,7 +302,7 @@ def _fused_step(categorical, dense, label, task, workspace, plan, layout, n_tabl
     ids = _lookup_into(x0, categorical, dense, plan, tables)
     grads = _bias_grads(layout, params)
     gx0 = _buffer(workspace, "gx0", (G, B, d), w)
-    gw, gb, loss = torch.empty_like(w), torch.empty_like(b), x0.new_empty(G)
+    gw, gb, logits = torch.empty_like(w), torch.empty_like(b), x0.new_empty(G, B)
 
     def buf(name: str, like: torch.Tensor) -> torch.Tensor:
         return _buffer(workspace, name, like.shape, like)
@@ -310,18 +310,18 @@ def _fused_step(categorical, dense, label, task, workspace, plan, layout, n_tabl
     for i, cs in enumerate(layout[2]):
         x0c = x0[cs]
         out, saved = _cross_group_forward(x0c, i, layout, params, buf=buf)
-        logit = torch.baddbmm(b[cs].unsqueeze(-1), out, w[cs].mT).squeeze(-1)  # (G_k, B)
+        logit = torch.baddbmm(b[cs].unsqueeze(-1), out, w[cs].mT, out=logits[cs].unsqueeze(-1)).squeeze(-1)  # (G_k, B)
         y = label[cs]
-        if task == "binary":
-            loss[cs] = F.binary_cross_entropy_with_logits(logit, y, reduction="none").mean(1)
-            dlogit = (torch.sigmoid(logit) - y) / B
-        else:
-            loss[cs] = F.mse_loss(logit, y, reduction="none").mean(1)
-            dlogit = (logit - y) * (2.0 / B)
+        dlogit = (torch.sigmoid(logit) - y) / B if task == "binary" else (logit - y) * (2.0 / B)
         torch.bmm(dlogit.unsqueeze(1), out, out=gw[cs])
         torch.sum(dlogit, 1, keepdim=True, out=gb[cs])
         gc = torch.mul(dlogit.unsqueeze(-1), w[cs], out=buf("gc", x0c))  # the outer product dlogit wᵀ
         _cross_group_backward(gc, x0c, gx0[cs], i, layout, params, saved, grads, own=True, buf=buf)
+    # every member's loss at once (its gradient, per group above, needs no loss value)
+    if task == "binary":
+        loss = F.binary_cross_entropy_with_logits(logits, label, reduction="none").mean(1)
+    else:
+        loss = F.mse_loss(logits, label, reduction="none").mean(1)
     gflat, gtables, col = gx0.view(G * B, d), [None] * n_tables, 0
     for piece, r in zip(plan[0], ids):
         if piece[0] == "dense":
