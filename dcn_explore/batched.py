@@ -118,38 +118,42 @@ def _fresh(name: str, like: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(like)
 
 
+def _layer_stride(layout) -> tuple[int, bool]:
+    """Per layer, how many tensors of :class:`_CrossNet`'s flat parameter list it has, and whether the
+    first is a separate bias (full rank; a low-rank layer's bias is its ``UT``'s last row)."""
+    kind, _, slices, _, has_bias = layout
+    low = kind == "low_rank"
+    return int(has_bias and not low) + len(slices) * (2 if low else 1), has_bias and not low
+
+
 def _cross_group_forward(x0c, i: int, layout, params, dst=None, buf=_fresh):
     """Every layer of the cross network for rank group ``i`` (``x0c``: its members' ``x0``); returns the
     output (written into ``dst`` when given) and what the backward needs, per layer. ``buf(name, like)``
     gives the buffer for the activation ``name`` shaped like ``like`` (default: a new tensor)."""
     kind, residual, slices, layers, has_bias = layout
-    low = kind == "low_rank"
-    per = int(has_bias) + len(slices) * (2 if low else 1)
+    per, sep = _layer_stride(layout)
     cs, x, saved = slices[i], x0c, []
     for layer in range(layers):
         p = layer * per
-        b = params[p][cs] if has_bias else None
-        w = p + int(has_bias)
+        w = p + int(sep)
         # layer 0 with a bias: x1 = x0 ⊙ (W x0 + b + 1), the residual riding in the bias (one pass less here
         # and in the backward, where x0's gradient then needs no separate residual term)
-        fold = residual and layer == 0 and b is not None
-        if fold:
-            b = b + 1
-        if low:
-            U, V = params[w + 2 * i], params[w + 2 * i + 1]
-            h = _skinny(x, V)
-            if b is None:
-                ut = U.mT.contiguous()
-            else:
+        fold = residual and layer == 0 and has_bias
+        if kind == "low_rank":
+            ut, vt = params[w + 2 * i], params[w + 2 * i + 1]  # [Uᵀ; bᵀ] (or Uᵀ) and Vᵀ
+            h = _skinny(x, vt.mT)
+            if has_bias:  # [x V, 1] [Uᵀ; bᵀ]: the bias rides in the product
                 h = torch.cat([h, h.new_ones(*h.shape[:2], 1)], dim=-1)
-                ut = torch.cat([U.mT, b.unsqueeze(1)], dim=1)
+                if fold:
+                    ut = ut.clone()
+                    ut[:, -1] += 1
             wx = torch.bmm(h, ut, out=buf(f"wx{layer}", x0c))
-            # Vᵀ copied contiguous for the backward's product (the transposed view made the sweep 6–10 % slower)
-            saved += [h, ut, V.mT.contiguous()]
-        elif b is None:
-            wx = torch.bmm(x, params[w + i].mT, out=buf(f"wx{layer}", x0c))
-        else:
+            saved += [h, ut, vt]
+        elif has_bias:
+            b = params[p][cs] + 1 if fold else params[p][cs]
             wx = torch.baddbmm(b.unsqueeze(1), x, params[w + i].mT, out=buf(f"wx{layer}", x0c))
+        else:
+            wx = torch.bmm(x, params[w + i].mT, out=buf(f"wx{layer}", x0c))
         saved += [x, wx]
         out = dst if dst is not None and layer == layers - 1 else buf(f"x{layer + 1}", x0c)
         x = torch.addcmul(x, x0c, wx, out=out) if residual and not fold else torch.mul(x0c, wx, out=out)
@@ -158,19 +162,19 @@ def _cross_group_forward(x0c, i: int, layout, params, dst=None, buf=_fresh):
 
 def _cross_group_backward(gc, x0c, acc, i: int, layout, params, saved, grads, own: bool = False, buf=_fresh) -> None:
     """The backward of :func:`_cross_group_forward` for rank group ``i`` given the gradient ``gc`` of its
-    output: writes ``x0c``'s gradient into ``acc`` and the parameters' gradients into ``grads`` (a bias's
-    gradient into the group's rows of a tensor the caller made). ``own``: ``gc`` is a buffer the caller
-    made, free to overwrite; ``buf`` as in :func:`_cross_group_forward`."""
+    output: writes ``x0c``'s gradient into ``acc`` and the parameters' gradients into ``grads`` (a full-rank
+    bias's gradient into the group's rows of a tensor the caller made). ``own``: ``gc`` is a buffer the
+    caller made, free to overwrite; ``buf`` as in :func:`_cross_group_forward`."""
     kind, residual, slices, layers, has_bias = layout
     low = kind == "low_rank"
-    per, keep = int(has_bias) + len(slices) * (2 if low else 1), 5 if low else 2
+    (per, sep), keep = _layer_stride(layout), 5 if low else 2
     cs = slices[i]
     gwx = buf("gwx", x0c)
     for layer in reversed(range(layers)):
         sv = saved[layer * keep : (layer + 1) * keep]
         x, wx = sv[-2], sv[-1]
         p = layer * per
-        w = p + int(has_bias)
+        w = p + int(sep)
         torch.mul(gc, x0c, out=gwx)
         if layer == layers - 1:
             torch.mul(gc, wx, out=acc)
@@ -179,13 +183,9 @@ def _cross_group_backward(gc, x0c, acc, i: int, layout, params, saved, grads, ow
         gx = gc if own else buf("gx", x0c)  # gc is dead once gwx and acc have it
         if low:
             h, ut, vt = sv[:3]
-            r = vt.shape[1]
-            gh = _skinny(gwx, ut[:, :r].mT)
-            gut = torch.bmm(h.mT, gwx)  # [gUᵀ; gbᵀ]
-            grads[w + 2 * i] = gut[:, :r].mT
-            grads[w + 2 * i + 1] = _skinny(x.mT, gh)
-            if has_bias:
-                grads[p][cs] = gut[:, r]
+            gh = _skinny(gwx, ut[:, : vt.shape[1]].mT)  # gwx U
+            grads[w + 2 * i] = torch.bmm(h.mT, gwx)  # of [Uᵀ; bᵀ]: the bias's gradient is its last row
+            grads[w + 2 * i + 1] = _skinny(x.mT, gh).mT  # of Vᵀ
             left, right = gh, vt
         else:
             grads[w + i] = torch.bmm(gwx.mT, x)
@@ -206,12 +206,11 @@ def _cross_group_backward(gc, x0c, acc, i: int, layout, params, saved, grads, ow
 
 
 def _bias_grads(layout, params) -> list[torch.Tensor | None]:
-    """The gradient list of :class:`_CrossNet`'s parameters, with the shared biases' tensors made (each
-    rank group writes its rows)."""
-    kind, residual, slices, layers, has_bias = layout
-    per = int(has_bias) + len(slices) * (2 if kind == "low_rank" else 1)
+    """The gradient list of :class:`_CrossNet`'s parameters, with the full-rank layers' shared biases'
+    tensors made (each rank group writes its rows)."""
+    per, sep = _layer_stride(layout)
     grads: list[torch.Tensor | None] = [None] * len(params)
-    for layer in range(layers if has_bias else 0):
+    for layer in range(layout[3] if sep else 0):
         grads[layer * per] = torch.empty_like(params[layer * per])
     return grads
 
@@ -220,12 +219,13 @@ class _CrossNet(torch.autograd.Function):
     """The whole cross network (every layer) for every member at once, with a hand-written backward.
 
     ``x0: (G, B, d)``; members come in contiguous groups of equal rank (``slices``), each group with
-    its own stacked factors; ``params`` per layer: the bias ``b: (G, d)`` (when the layers have one),
-    then per group ``U, V: (G_k, d, r_k)`` (low rank) or ``W: (G_k, d, d)`` (full rank).
-    Forward per layer: ``x_{l+1} = x0 ⊙ (x_l Wᵀ + b) + x_l`` (Eq. 1 / Eq. 2).
+    its own stacked factors; ``params`` per layer: low rank, per group ``UT: (G_k, r_k + 1, d)`` (``[Uᵀ; bᵀ]``;
+    ``Uᵀ`` without a bias) and ``VT = Vᵀ: (G_k, r_k, d)``; full rank, the bias ``b: (G, d)`` (when the layers
+    have one), then ``W: (G, d, d)``. Forward per layer: ``x_{l+1} = x0 ⊙ (x_l Wᵀ + b) + x_l`` (Eq. 1 / Eq. 2).
 
-    - A low-rank layer folds its bias into the second product as one more factor column
-      (``[x V, 1] [Uᵀ; bᵀ]``), so neither the bias nor its gradient costs a pass over the activations.
+    - A low-rank layer's bias rides in its second product as one more factor column
+      (``[x V, 1] [Uᵀ; bᵀ]``), so neither the bias nor its gradient costs a pass over the activations, and
+      the factors are kept transposed as the products take them (no copies per step).
     - The backward keeps to the batched matmuls and two element-wise products per layer, accumulates
       ``x0``'s gradient in place and writes each layer's input gradient over the buffer it made for the
       layer above (fewer passes and fresh buffers than autograd's generic graph).
@@ -405,6 +405,10 @@ class _Stack:
         # the hand-written engine: full/low-rank layers (any structure), or no cross network at all
         self.fast = cfg.cross in ("full", "low_rank") or not cfg.has_cross
         self.fast = self.fast and not (cfg.has_cross and cfg.diag_scale)
+        # the hand-written engine keeps a low-rank layer as ``UT = [Uᵀ; bᵀ]`` (r + 1, d) and ``VT = Vᵀ`` (r, d) per
+        # member: the products take them as they are (no transposed copies, no bias concatenated every step)
+        # and the gradient of ``[Uᵀ; bᵀ]`` is one product
+        self._low = self.fast and cfg.has_cross and cfg.cross == "low_rank"
         for m in models:
             m.to(device=device, dtype=dtype)
         self.params: dict[str, list[torch.Tensor]] = {}
@@ -423,11 +427,16 @@ class _Stack:
                 states = [{k: self._permute(k, v, inv) for k, v in st.items()} for st in states]
                 self._perm = models[0].embedding.perm
             for name in states[0]:
-                by_rank = cfg.cross == "low_rank" and name.startswith("cross.") and name.endswith((".U", ".V"))
-                sl = groups if by_rank else [slice(0, self.G)]
-                self.slices[name] = sl
-                self.params[name] = [torch.stack([states[g][name] for g in range(s.start, s.stop)]).requires_grad_()
-                                     for s in sl]
+                if self._factor(name) is not None:  # low-rank factors: stored transposed, per rank group (below)
+                    if name.endswith(".U"):
+                        pre = name[: -len("U")]
+                        for key, rows in ((pre + "UT", lambda st: self._ut_rows(st, pre)), (pre + "VT", lambda st: [st[pre + "V"].T])):
+                            self.slices[key] = groups
+                            self.params[key] = [torch.stack([torch.cat(rows(states[g])) for g in range(s.start, s.stop)]).requires_grad_()
+                                                for s in groups]
+                    continue
+                self.slices[name] = [slice(0, self.G)]
+                self.params[name] = [torch.stack([st[name] for st in states]).requires_grad_()]
         else:
             self._basis = {}
             rank = max(r or 0 for r in ranks) or None
@@ -444,12 +453,27 @@ class _Stack:
             self._vmapped = {False: vmap(one, in_dims=(0, 0, 0, 0, 0)), True: vmap(one, in_dims=(0, 0, None, None, None))}
         self.names = list(self.params)
         kernels = {id(k) for k in models[0].cross_kernels()}  # the weights under the L2 term (Sec. 3.4)
-        self.kernel_names = [k for k, p in models[0].named_parameters() if id(p) in kernels]
+        kernel_names = [k for k, p in models[0].named_parameters() if id(p) in kernels]
+        if self._low:  # U's rows of UT (not the bias row: kernels()) and VT
+            kernel_names = [k + "T" for k in kernel_names]
+        self.kernel_names = kernel_names
         self._emb = models[0].embedding
         self._members = torch.arange(self.G, device=device)
         self._workspace: dict = {}  # activation buffers of the fused cross-only step, kept across steps
         self._pieces: tuple | None = None  # how the fused step and the evaluation build x0 (_lookup_plan)
         self._flat: torch.Tensor | None = None  # the flat leaf over every tensor, after flatten()
+
+    def _factor(self, name: str) -> str | None:
+        """``"U"``, ``"V"`` or ``"b"`` for a low-rank cross layer's model tensor kept in ``UT``/``VT``, else None."""
+        if not self._low or not name.startswith("cross.layers."):
+            return None
+        last = name.rsplit(".", 1)[1]
+        return last if last in ("U", "V", "b") else None
+
+    @staticmethod
+    def _ut_rows(state: dict, pre: str) -> list[torch.Tensor]:
+        rows = [state[pre + "U"].T]
+        return rows + [state[pre + "b"].unsqueeze(0)] if pre + "b" in state else rows
 
     @staticmethod
     def _basis_dims(model: DCNv2) -> dict[str, list[int]]:
@@ -475,16 +499,30 @@ class _Stack:
     def tensors(self) -> list[torch.Tensor]:
         return [t for k in self.names for t in self.params[k]]
 
+    def kernels(self, grads: bool = False) -> list[torch.Tensor]:
+        """The tensors under the L2 term (or their gradients), as views: ``UT`` without its bias row."""
+        out = []
+        for k in self.kernel_names:
+            for j, t in enumerate(self.params[k]):
+                v = t.grad if grads else t.detach()
+                if k.endswith(".UT") and v is not None:
+                    v = v[:, : self.params[k[: -len("UT")] + "VT"][j].shape[1]]
+                out.append(v)
+        return out
+
     def norms(self, names, grads: bool = False, squared: bool = False) -> torch.Tensor:
         """``(G,)``: per member, the 2-norm of the named tensors together (or of their gradients), as
-        ``clip_grad_norm_`` takes it: the norm of the per-tensor norms; ``squared``: its square."""
+        ``clip_grad_norm_`` takes it: the norm of the per-tensor norms; ``squared``: its square.
+        ``names=None``: the L2 term's kernels (:meth:`kernels`)."""
         norms, members = [], []
-        for k in names:
-            for t, s in zip(self.params[k], self.slices[k]):
-                v = t.grad if grads else t.detach()
-                if v is not None:
-                    norms.append(torch.linalg.vector_norm(v.flatten(1), dim=1))
-                    members.append(self._members[s])
+        if names is None:
+            pairs = zip(self.kernels(grads), (s for k in self.kernel_names for s in self.slices[k]))
+        else:
+            pairs = ((t.grad if grads else t.detach(), s) for k in names for t, s in zip(self.params[k], self.slices[k]))
+        for v, s in pairs:
+            if v is not None:
+                norms.append(torch.linalg.vector_norm(v.flatten(1), dim=1))
+                members.append(self._members[s])
         out = torch.zeros(self.G, device=self._members.device)
         if norms:
             out = out.to(norms[0].dtype).index_add_(0, torch.cat(members), torch.cat(norms).square())
@@ -501,9 +539,14 @@ class _Stack:
         """Member ``g``'s parameters, in its own model's names and shapes."""
         out = {}
         for name, ref in self.models[g].state_dict().items():
-            for t, s in zip(values[name], self.slices[name]):
+            part = self._factor(name)
+            key = name if part is None else name[: -len(part)] + ("VT" if part == "V" else "UT")
+            for t, s in zip(values[key], self.slices[key]):
                 if s.start <= g < s.stop:
-                    v = t[g - s.start][tuple(slice(0, n) for n in ref.shape)].detach()
+                    v = t[g - s.start]
+                    if part is not None:  # UT = [Uᵀ; bᵀ], VT = Vᵀ
+                        v = v[-1] if part == "b" else (v[: ref.shape[1]] if part == "U" else v).T
+                    v = v[tuple(slice(0, n) for n in ref.shape)].detach()
                     out[name] = (self._permute(name, v, self._perm) if self._basis else v).clone()
         return out
 
@@ -641,17 +684,18 @@ class _Stack:
         """The cross network's layout and flat parameter list, as :class:`_CrossNet` takes them, and the
         members (a slice) each tensor of that list holds."""
         cfg = self.models[0].config
-        flat, members, has_bias = [], [], "cross.layers.0.b" in p
-        factors = ("U", "V") if cfg.cross == "low_rank" else ("W",)
+        flat, members, low = [], [], cfg.cross == "low_rank"
+        has_bias = low and cfg.cross_bias or "cross.layers.0.b" in p
+        factors = ("UT", "VT") if low else ("W",)
         for i in range(cfg.cross_layers):
             pre = f"cross.layers.{i}."
-            if has_bias:
+            if has_bias and not low:
                 flat += p[pre + "b"]
                 members += self.slices[pre + "b"]
             for group, sl in zip(zip(*(p[pre + f] for f in factors)), self.slices[pre + factors[0]]):
                 flat += group
                 members += [sl] * len(group)
-        slices = self.slices.get("cross.layers.0.U", [slice(0, self.G)])
+        slices = self.slices.get("cross.layers.0.UT", [slice(0, self.G)])
         return (cfg.cross, cfg.cross_residual, slices, cfg.cross_layers, has_bias), flat, members
 
     def _head(self, x0: torch.Tensor, p: dict[str, list[torch.Tensor]]) -> torch.Tensor:
@@ -718,7 +762,7 @@ def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> 
         logits = torch.cat(outs, dim=1).cpu()
         return [metrics_from_outputs(logits[g], va.label.cpu(), task) for g in range(G)]
 
-    l2_kernels = [t for k in stack.kernel_names for t in stack.params[k]] if tc.l2 > 0 else []
+    l2 = tc.l2 > 0 and bool(stack.kernel_names)
 
     histories: list[list[dict]] = [[] for _ in range(G)]
     best = [{"value": math.inf, "epoch": 0, "state": None} for _ in range(G)]
@@ -740,9 +784,9 @@ def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> 
             else:
                 per = stack.loss(b.categorical, b.multivalent, b.dense.to(dtype), b.label.to(dtype))  # (G,)
             total = per.detach()
-            if l2_kernels:  # λ Σ‖W‖²: its value for the check below, its gradient 2λW added after backward
+            if l2:  # λ Σ‖W‖²: its value for the check below, its gradient 2λW added after backward
                 with torch.no_grad():
-                    total = total + tc.l2 * stack.norms(stack.kernel_names, squared=True)
+                    total = total + tc.l2 * stack.norms(None, squared=True)
             bad_members = ~torch.isfinite(total)
             if bool(bad_members.any()):
                 g = int(bad_members.nonzero()[0])
@@ -753,9 +797,9 @@ def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> 
             if not fused:
                 opt.zero_grad(set_to_none=True)
                 per.sum().backward()
-            if l2_kernels:
+            if l2:
                 with torch.no_grad():
-                    torch._foreach_add_([t.grad for t in l2_kernels], l2_kernels, alpha=2 * tc.l2)
+                    torch._foreach_add_(stack.kernels(grads=True), stack.kernels(), alpha=2 * tc.l2)
             if tc.clip_norm is not None:
                 with torch.no_grad():
                     stack.scale_grads((tc.clip_norm / (stack.norms(names, grads=True) + 1e-6)).clamp(max=1.0))

@@ -116,11 +116,10 @@ def test_stacked_cross_network_backward_is_the_gradient(kind, residual, bias):
     x0 = leaf(G, B, d)
     per_layer = []
     for _ in range(layers):
-        ps = [leaf(G, d)] if bias else []
-        if kind == "low_rank":
-            ps += [t for s, r in zip(slices, ranks) for t in (leaf(s.stop - s.start, d, r), leaf(s.stop - s.start, d, r))]
+        if kind == "low_rank":  # per rank group UT = [Uᵀ; bᵀ] (r + 1, d) or Uᵀ, and VT = Vᵀ (r, d)
+            ps = [t for s, r in zip(slices, ranks) for t in (leaf(s.stop - s.start, r + bias, d), leaf(s.stop - s.start, r, d))]
         else:
-            ps.append(leaf(G, d, d))
+            ps = ([leaf(G, d)] if bias else []) + [leaf(G, d, d)]
         per_layer.append(ps)
     flat = [t for ps in per_layer for t in ps]
     layout = (kind, residual, slices, layers, bias)
@@ -131,8 +130,11 @@ def test_stacked_cross_network_backward_is_the_gradient(kind, residual, bias):
         for j, g in enumerate(range(s.start, s.stop)):
             x = x0[g]
             for ps in per_layer:
-                b, ws = (ps[0][g], ps[1:]) if bias else (0, ps)
-                W = ws[2 * i][j] @ ws[2 * i + 1][j].T if kind == "low_rank" else ws[0][g]
+                if kind == "low_rank":
+                    ut, vt = ps[2 * i][j], ps[2 * i + 1][j]
+                    W, b = ut[: ranks[i]].T @ vt, ut[-1] if bias else 0
+                else:
+                    W, b = ps[-1][g], ps[0][g] if bias else 0
                 x = x0[g] * (x @ W.T + b) + (x if residual else 0)
             assert torch.allclose(out[g], x)
     h, w, b = leaf(G, B, d), leaf(G, 1, d), leaf(G, 1)
