@@ -9,16 +9,21 @@ training settings) are trained together: their parameters are stacked along a le
   members (each member's tables stacked, ids shifted by member), ``bmm``/``baddbmm`` per layer,
   and the whole cross network as one function with its own backward (:class:`_CrossNet`: the same
   batched matmuls and two element-wise products per layer, fewer passes over the ``(G, B, d)``
-  activations than autograd's generic graph; a low-rank layer's bias rides in its factor product).
+  activations than autograd's generic graph; a low-rank layer is kept as ``[Uᵀ; bᵀ]`` and ``Vᵀ``, so its
+  bias rides in its factor product and the products take the factors as they are; layer 0 folds
+  its residual into the bias, ``x1 = x0 ⊙ (W x0 + b + 1)``).
   It works in the embedding's concatenation order (the parameters are permuted once instead of
   ``x0``'s columns every step). Members are sorted by rank and each rank gets its own stacked
   factors, unpadded (measured against zero-padding neighbouring ranks into one group: ranks 4–32 ×
   3 seeds, 5–8 % faster a step than padding within a factor 4; 12 distinct ranks 2–32, on par with
   a factor 2 and 8 % faster than 4).
-- Cross-only models with ids and dense features train through one fused step (:class:`_CrossOnlyStep`):
+- Cross-only models (no multivalent features) train through one fused step (:meth:`_Stack.fused_step`):
   lookup, cross network, logit and loss with their backward in one pass, rank group by rank group,
   every activation in buffers kept from step to step (no allocation, no fresh pages), the lookups
-  written straight into ``x0``'s columns; evaluation reuses kept buffers as well.
+  written straight into ``x0``'s columns from one id array built once per step; no autograd: the
+  gradients are written in place into the ``.grad`` of one flat parameter tensor, on which Adam and
+  the moving average make one pass (:meth:`_Stack.flatten`); evaluation reuses kept buffers as well.
+  (:class:`_CrossOnlyStep` is the same step behind autograd's interface, for tests.)
 - Mixture and DCN (vector) layers, or a ``diag_scale``, use ``torch.func``: the stacked state of
   ``stack_module_state`` with the forward ``vmap``-ed over ``functional_call``, lower ranks
   zero-padded.
