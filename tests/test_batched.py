@@ -233,8 +233,9 @@ def test_batched_records_match_one_by_one_on_tie_heavy_data():
 
 def test_flatten_keeps_values_and_shares_the_gradient_buffer():
     """After ``flatten()`` every stacked tensor is a view of one flat leaf (values unchanged), its
-    ``.grad`` a view of the leaf's gradient, and ``values_like`` maps a tensor shaped like the leaf
-    back to the same views; Adam on the leaf moves each tensor as Adam on the tensors one by one."""
+    ``.grad`` the matching view of the leaf's gradient, and ``values_like`` maps a tensor shaped like the
+    leaf back to the same views; Adam on the leaf moves each tensor as Adam on the tensors one by one;
+    the per-block gradient norms and scaling equal the per-tensor ones."""
     import torch
 
     from dcn_explore.batched import _Stack
@@ -249,16 +250,24 @@ def test_flatten_keeps_values_and_shares_the_gradient_buffer():
     before = [t.detach().clone() for t in flat.tensors()]
     leaf = flat.flatten()
     assert flat.optimized() == [leaf] and leaf.numel() == sum(t.numel() for t in before)
-    grads = torch.randn(leaf.numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    leaf.grad.copy_(grads)
-    off = 0
+    leaf.grad.copy_(torch.randn(leaf.numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    size = leaf.element_size()
     for t, b, p in zip(flat.tensors(), before, plain.tensors()):
-        assert torch.equal(t, b) and t.data_ptr() == leaf.data_ptr() + off * leaf.element_size()
-        assert torch.equal(t.grad, grads[off : off + t.numel()].view_as(t))
+        offset = (t.data_ptr() - leaf.data_ptr()) // size
+        assert torch.equal(t, b) and t.grad.data_ptr() == leaf.grad.data_ptr() + offset * size and t.grad.stride() == t.stride()
         p.grad = t.grad.clone()
-        off += t.numel()
+    # the views tile the buffer: every element belongs to exactly one tensor
+    covered = torch.zeros(leaf.numel(), dtype=torch.int64)
+    for t in flat.tensors():
+        covered.as_strided(t.shape, t.stride(), (t.data_ptr() - leaf.data_ptr()) // size).add_(1)
+    assert bool((covered == 1).all())
     doubled = flat.values_like([leaf.detach() * 2])
     assert all(torch.equal(v, 2 * t) for k in flat.names for v, t in zip(doubled[k], flat.params[k]))
+    assert torch.allclose(flat.norms(flat.names, grads=True), plain.norms(plain.names, grads=True), rtol=1e-12)
+    coef = torch.tensor([0.5, 2.0, 3.0], dtype=torch.float64)
+    flat.scale_grads(coef)
+    plain.scale_grads(coef)
+    assert all(torch.equal(t.grad, p.grad) for t, p in zip(flat.tensors(), plain.tensors()))
     torch.optim.Adam([leaf], lr=0.1).step()
     torch.optim.Adam(plain.tensors(), lr=0.1).step()
     assert all(torch.allclose(t, p, rtol=0, atol=1e-15) for t, p in zip(flat.tensors(), plain.tensors()))
