@@ -279,7 +279,8 @@ def _lookup_into(x0: torch.Tensor, categorical, dense, plan, tables) -> list[tor
     flat = x0.view(G * B, d)
     # every feature's table rows at once, feature-major: its id + its row offset in its table + member x rows
     if len(cols):
-        rows = torch.add(categorical.movedim(-1, 0).index_select(0, cols).view(len(cols), -1, B), shift).view(len(cols), G * B)
+        ids_fm = categorical.movedim(-1, 0).index_select(0, cols).view(len(cols), -1, B)  # (features, G or 1, B)
+        rows = torch.add(ids_fm, shift).view(len(cols), G * B)
     ids, col = [], 0
     for piece in pieces:
         if piece[0] == "dense":
@@ -361,9 +362,9 @@ class _CrossOnlyStep(torch.autograd.Function):
 
     ``categorical: (G, B, n_cat)``, ``dense: (G, B, n_dense)``, ``label: (G, B)``; ``task``: "binary"
     (mean binary cross-entropy on logits) or "regression" (mean squared error); ``plan``: how ``x0``
-    is built (:meth:`_Stack._lookup_plan`); ``rest``: the stacked tables ``(G, rows, width)`` (``n_tables`` of them), then the cross network's
-    parameters as :class:`_CrossNet` takes them; ``members``: the members (a slice) each of ``w, b,
-    *rest`` holds."""
+    is built (:meth:`_Stack._lookup_plan`); ``rest``: the stacked tables ``(G, rows, width)``
+    (``n_tables`` of them), then the cross network's parameters as :class:`_CrossNet` takes them;
+    ``members``: the members (a slice) each of ``w, b, *rest`` holds."""
 
     @staticmethod
     def forward(ctx, categorical, dense, label, task, workspace, plan, layout, members, n_tables, w, b, *rest):
@@ -432,13 +433,12 @@ class _Stack:
                 states = [{k: self._permute(k, v, inv) for k, v in st.items()} for st in states]
                 self._perm = models[0].embedding.perm
             for name in states[0]:
-                if self._factor(name) is not None:  # low-rank factors: stored transposed, per rank group (below)
+                if self._factor(name) is not None:  # low-rank factors: stored transposed, one tensor per rank group
                     if name.endswith(".U"):
                         pre = name[: -len("U")]
-                        for key, rows in ((pre + "UT", lambda st: self._ut_rows(st, pre)), (pre + "VT", lambda st: [st[pre + "V"].T])):
-                            self.slices[key] = groups
-                            self.params[key] = [torch.stack([torch.cat(rows(states[g])) for g in range(s.start, s.stop)]).requires_grad_()
-                                                for s in groups]
+                        self.slices[pre + "UT"] = self.slices[pre + "VT"] = groups
+                        self.params[pre + "UT"] = [self._stacked(states[s], lambda st: self._ut_rows(st, pre)) for s in groups]
+                        self.params[pre + "VT"] = [self._stacked(states[s], lambda st: st[pre + "V"].T) for s in groups]
                     continue
                 self.slices[name] = [slice(0, self.G)]
                 self.params[name] = [torch.stack([st[name] for st in states]).requires_grad_()]
@@ -476,9 +476,14 @@ class _Stack:
         return last if last in ("U", "V", "b") else None
 
     @staticmethod
-    def _ut_rows(state: dict, pre: str) -> list[torch.Tensor]:
+    def _ut_rows(state: dict, pre: str) -> torch.Tensor:
+        """``[Uᵀ; bᵀ]`` of one member's layer (``Uᵀ`` when the layer has no bias)."""
         rows = [state[pre + "U"].T]
-        return rows + [state[pre + "b"].unsqueeze(0)] if pre + "b" in state else rows
+        return torch.cat(rows + [state[pre + "b"].unsqueeze(0)] if pre + "b" in state else rows)
+
+    @staticmethod
+    def _stacked(states: list[dict], part: Callable[[dict], torch.Tensor]) -> torch.Tensor:
+        return torch.stack([part(st) for st in states]).requires_grad_()
 
     @staticmethod
     def _basis_dims(model: DCNv2) -> dict[str, list[int]]:
