@@ -465,7 +465,8 @@ class _Stack:
         self._emb = models[0].embedding
         self._members = torch.arange(self.G, device=device)
         self._workspace: dict = {}  # activation buffers of the fused cross-only step, kept across steps
-        self._pieces: tuple | None = None  # how the fused step and the evaluation build x0 (_lookup_plan)
+        self._plan: tuple | None = None  # how the fused step and the evaluation build x0 (_lookup_plan)
+        self._grad_blocks: list = []  # after flatten(): the flat gradient's member-major blocks, with their members
         self._flat: torch.Tensor | None = None  # the flat leaf over every tensor, after flatten()
 
     def _factor(self, name: str) -> str | None:
@@ -526,11 +527,8 @@ class _Stack:
         ``names=None``: the L2 term's kernels (:meth:`kernels`)."""
         norms, members = [], []
         if grads and self._flat is not None and names == self.names:  # every gradient: one norm per block
-            for off, n, size, s in self._blocks:
-                norms.append(torch.linalg.vector_norm(self._flat.grad[off : off + n * size].view(n, size), dim=1))
-                members.append(self._members[s])
-            names = []
-        if names is None:
+            pairs = self._grad_blocks
+        elif names is None:
             pairs = zip(self.kernels(grads), (s for k in self.kernel_names for s in self.slices[k]))
         else:
             pairs = ((t.grad if grads else t.detach(), s) for k in names for t, s in zip(self.params[k], self.slices[k]))
@@ -545,14 +543,11 @@ class _Stack:
 
     def scale_grads(self, coef: torch.Tensor) -> None:
         """Multiply member ``g``'s gradients by ``coef[g]``."""
-        if self._flat is not None:  # one scaling per block of the flat gradient
-            for off, n, size, s in self._blocks:
-                self._flat.grad[off : off + n * size].view(n, size).mul_(coef[s].view(-1, 1))
-            return
-        for k in self.names:
-            for t, s in zip(self.params[k], self.slices[k]):
-                if t.grad is not None:
-                    t.grad.mul_(coef[s].view(-1, *([1] * (t.dim() - 1))))
+        pairs = self._grad_blocks if self._flat is not None else (  # one scaling per block of the flat gradient
+            (t.grad, s) for k in self.names for t, s in zip(self.params[k], self.slices[k]))
+        for g, s in pairs:
+            if g is not None:
+                g.mul_(coef[s].view(-1, *([1] * (g.dim() - 1))))
 
     def member_state(self, values: dict[str, list[torch.Tensor]], g: int) -> dict[str, torch.Tensor]:
         """Member ``g``'s parameters, in its own model's names and shapes."""
@@ -644,18 +639,17 @@ class _Stack:
         ts = self.tensors()
         flat = ts[0].new_empty(sum(t.numel() for t in ts))
         grad = torch.zeros_like(flat)
-        self._views, self._blocks, off = {}, [], 0
+        self._grad_blocks, off = [], 0
         for members in blocks.values():
             n, size = members[0][2].shape[0], sum(t[0].numel() for _, _, t in members)
             region, gregion, col = flat[off : off + n * size].view(n, size), grad[off : off + n * size].view(n, size), 0
-            self._blocks.append((off, n, size, self.slices[members[0][0]][members[0][1]]))
+            self._grad_blocks.append((gregion, self.slices[members[0][0]][members[0][1]]))
             for k, j, t in members:
                 v = region[:, col : col + t[0].numel()].view(t.shape)
                 v.copy_(t.detach())
                 v.requires_grad_()
                 v.grad = gregion[:, col : col + t[0].numel()].view(t.shape)
                 self.params[k][j] = v
-                self._views[(k, j)] = (v.shape, v.stride(), v.storage_offset())
                 col += t[0].numel()
             off += n * size
         leaf = flat.detach().requires_grad_()
@@ -673,14 +667,15 @@ class _Stack:
         if self._flat is None:
             it = iter(tensors)
             return {k: [next(it) for _ in self.params[k]] for k in self.names}
-        return {k: [tensors[0].as_strided(*self._views[(k, j)]) for j in range(len(self.params[k]))] for k in self.names}
+        # the same views of another tensor shaped like the buffer (the buffer's own storage starts at 0)
+        return {k: [tensors[0].as_strided(t.shape, t.stride(), t.storage_offset()) for t in self.params[k]] for k in self.names}
 
     def _lookup_plan(self) -> tuple[list[tuple], torch.Tensor, torch.Tensor]:
         """How :func:`_lookup_into` builds ``x0``: its column blocks in the concatenation order
         (``("categorical", table, first feature, features, width)`` or ``("dense",)``), the categorical
         columns in that order, and per such feature and member the shift of its ids to its rows in the
         member-stacked table: ``(features, G, 1)`` (the feature's offset in its table + member x rows)."""
-        if self._pieces is None:
+        if self._plan is None:
             emb, pieces, cols, shift = self._emb, [], [], []
             members = self._members.view(-1, 1)
             for kind, t in emb._blocks:
@@ -693,9 +688,9 @@ class _Stack:
                 cols += c.tolist()
                 shift += [o + members * rows for o in off.tolist()]
             dev = self._members.device
-            self._pieces = (pieces, torch.tensor(cols, dtype=torch.long, device=dev),
+            self._plan = (pieces, torch.tensor(cols, dtype=torch.long, device=dev),
                             torch.stack(shift) if shift else torch.zeros(0, self.G, 1, dtype=torch.long, device=dev))
-        return self._pieces
+        return self._plan
 
     def _x0(self, categorical, multivalent, dense, p: dict[str, list[torch.Tensor]]) -> torch.Tensor:
         emb = self._emb
@@ -715,7 +710,7 @@ class _Stack:
         members (a slice) each tensor of that list holds."""
         cfg = self.models[0].config
         flat, members, low = [], [], cfg.cross == "low_rank"
-        has_bias = low and cfg.cross_bias or "cross.layers.0.b" in p
+        has_bias = cfg.cross_bias
         factors = ("UT", "VT") if low else ("W",)
         for i in range(cfg.cross_layers):
             pre = f"cross.layers.{i}."
@@ -792,7 +787,7 @@ def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> 
         logits = torch.cat(outs, dim=1).cpu()
         return [metrics_from_outputs(logits[g], va.label.cpu(), task) for g in range(G)]
 
-    l2 = tc.l2 > 0 and bool(stack.kernel_names)
+    l2_kernels = stack.kernels() if tc.l2 > 0 else []  # views: updated in place, fixed from step to step
 
     histories: list[list[dict]] = [[] for _ in range(G)]
     best = [{"value": math.inf, "epoch": 0, "state": None} for _ in range(G)]
@@ -814,7 +809,7 @@ def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> 
             else:
                 per = stack.loss(b.categorical, b.multivalent, b.dense.to(dtype), b.label.to(dtype))  # (G,)
             total = per.detach()
-            if l2:  # λ Σ‖W‖²: its value for the check below, its gradient 2λW added after backward
+            if l2_kernels:  # λ Σ‖W‖²: its value for the check below, its gradient 2λW added after backward
                 with torch.no_grad():
                     total = total + tc.l2 * stack.norms(None, squared=True)
             bad_members = ~torch.isfinite(total)
@@ -827,9 +822,9 @@ def fit_batched(train: TabularData, val: TabularData, specs: Sequence[dict]) -> 
             if not fused:
                 opt.zero_grad(set_to_none=True)
                 per.sum().backward()
-            if l2:
+            if l2_kernels:
                 with torch.no_grad():
-                    torch._foreach_add_(stack.kernels(grads=True), stack.kernels(), alpha=2 * tc.l2)
+                    torch._foreach_add_(stack.kernels(grads=True), l2_kernels, alpha=2 * tc.l2)
             if tc.clip_norm is not None:
                 with torch.no_grad():
                     stack.scale_grads((tc.clip_norm / (stack.norms(names, grads=True) + 1e-6)).clamp(max=1.0))
