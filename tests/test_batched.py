@@ -9,6 +9,15 @@ from dcn_explore.sweep import expand
 TOL = 1e-5  # absolute, on test/val metrics: float reordering of batched vs single matmuls (observed <= 1e-7)
 
 
+def _both_modes(data, base, grid, train, cols=("test_logloss", "test_auc", "val_logloss", "val_auc")):
+    """The sweep one by one and batched (two seeds); asserts the ``cols`` metrics agree within TOL."""
+    seq = dx.sweep(data, base, grid, seeds=2, train=train, progress=False)
+    bat = dx.sweep(data, base, grid, seeds=2, train=train, progress=False, batched=True)
+    for col in cols:
+        assert (seq[col] - bat[col]).abs().max() < TOL, col
+    return seq, bat
+
+
 @pytest.fixture(scope="module")
 def data():
     return dx.data.planted_crosses(n_samples=2000, seed=0)
@@ -21,11 +30,8 @@ def data():
 ])
 def test_batched_equals_one_by_one(data, base, grid):
     train = dx.TrainConfig(epochs=3, batch_size=256, progress=False, early_stopping=1)  # early stopping is exercised
-    seq = dx.sweep(data, base, grid, seeds=2, train=train, progress=False)
-    bat = dx.sweep(data, base, grid, seeds=2, train=train, progress=False, batched=True)
+    seq, bat = _both_modes(data, base, grid, train)
     assert list(seq.run_id) == list(bat.run_id)
-    for col in ("test_logloss", "test_auc", "val_logloss", "val_auc"):
-        assert (seq[col] - bat[col]).abs().max() < TOL, col
     assert list(seq.epochs) == list(bat.epochs) and list(seq.best_epoch) == list(bat.best_epoch)
     assert list(seq.params) == list(bat.params)
 
@@ -91,11 +97,7 @@ def test_stacked_engine_equals_one_by_one_with_multivalent_and_dense(task, base,
 
     assert _Stack([dx.DCNv2(data.schema, base, task=task)], "cpu", dx.train.DTYPES["float32"]).fast
     train = dx.TrainConfig(epochs=2, batch_size=128, progress=False)
-    seq = dx.sweep(data, base, grid, seeds=2, train=train, progress=False)
-    bat = dx.sweep(data, base, grid, seeds=2, train=train, progress=False, batched=True)
-    metrics = ("test_logloss", "test_auc") if task == "binary" else ("test_rmse", "val_rmse")
-    for col in metrics:
-        assert (seq[col] - bat[col]).abs().max() < TOL, col
+    _both_modes(data, base, grid, train, ("test_logloss", "test_auc") if task == "binary" else ("test_rmse", "val_rmse"))
 
 
 @pytest.mark.parametrize("kind, residual, bias", [("low_rank", True, True), ("low_rank", False, False), ("full", True, True),
@@ -225,10 +227,7 @@ def test_batched_records_match_one_by_one_on_tie_heavy_data():
     data = dx.data.from_frame(df[["c", "d", "y"]], label="y", categorical=["c", "d"], dense=[])
     base = dx.DCNConfig(cross="low_rank", rank=2, cross_layers=2, structure="cross_only")
     train = dx.TrainConfig(epochs=2, batch_size=64, progress=False)
-    seq = dx.sweep(data, base, {"rank": [2, 3]}, seeds=2, train=train, progress=False)
-    bat = dx.sweep(data, base, {"rank": [2, 3]}, seeds=2, train=train, progress=False, batched=True)
-    for col in ("val_auc", "test_auc", "val_logloss", "test_logloss"):
-        assert (seq[col] - bat[col]).abs().max() < TOL, col
+    _both_modes(data, base, {"rank": [2, 3]}, train)
 
 
 def test_flatten_keeps_values_and_shares_the_gradient_buffer():
@@ -290,11 +289,8 @@ def test_batched_dense_only_cross_only_matches_one_by_one(monkeypatch):
     data = dx.data.from_frame(df, label="y", categorical=[], dense=list("abcd"))
     base = dx.DCNConfig(cross="low_rank", rank=2, cross_layers=2, structure="cross_only")
     train = dx.TrainConfig(epochs=2, batch_size=64, progress=False)
-    seq = dx.sweep(data, base, {"rank": [2, 3]}, seeds=2, train=train, progress=False)
-    bat = dx.sweep(data, base, {"rank": [2, 3]}, seeds=2, train=train, progress=False, batched=True)
+    _both_modes(data, base, {"rank": [2, 3]}, train)
     assert calls  # the batched runs went through the fused step
-    for col in ("val_auc", "test_auc", "val_logloss", "test_logloss"):
-        assert (seq[col] - bat[col]).abs().max() < TOL, col
 
 
 def test_batched_l2_term_spares_the_bias():
@@ -304,7 +300,4 @@ def test_batched_l2_term_spares_the_bias():
     data = dx.data.planted_crosses(n_samples=1500, seed=2)
     base = dx.DCNConfig(cross="low_rank", rank=2, cross_layers=2, structure="cross_only")
     train = dx.TrainConfig(epochs=2, batch_size=128, progress=False, l2=0.5)
-    seq = dx.sweep(data, base, {"rank": [2, 3]}, seeds=2, train=train, progress=False)
-    bat = dx.sweep(data, base, {"rank": [2, 3]}, seeds=2, train=train, progress=False, batched=True)
-    for col in ("val_auc", "test_auc", "val_logloss", "test_logloss"):
-        assert (seq[col] - bat[col]).abs().max() < TOL, col
+    _both_modes(data, base, {"rank": [2, 3]}, train)
