@@ -32,6 +32,7 @@ from .checkpoint import save_checkpoint
 from .data.dataset import TabularData
 from .errors import ConfigError, DataError, TrainingDivergedError
 from .model.dcn import DCNv2
+from .model.scoring import Scorer
 
 LR_SCHEDULES = ("constant", "plateau", "cosine")
 #: ``sparse_embeddings="auto"`` switches to row-sparse updates from this many embedding parameters on
@@ -204,16 +205,20 @@ def _loss(logits: torch.Tensor, label: torch.Tensor, task: str) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(model: DCNv2, data: TabularData, batch_size: int = 16384, device: str | torch.device | None = None) -> torch.Tensor:
-    """Raw model outputs ``(N,)`` (logits for binary tasks), on the CPU."""
+    """Raw model outputs ``(N,)`` (logits for binary tasks), on the CPU. Full-rank and deep-only
+    models score through :class:`~dcn_explore.model.scoring.Scorer` (padded, bias-folded products;
+    equal to the forward up to float rounding), the others through their forward."""
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     dtype = next(model.parameters()).dtype
+    scorer = Scorer.build(model)  # full-rank and deep-only models: padded, bias-folded products
     outs = []
     try:
         for i in range(0, len(data), batch_size):
             b = data.batch(slice(i, i + batch_size))
-            outs.append(model(b.categorical.to(dev), b.multivalent.to(dev), b.dense.to(dev, dtype)).float())
+            inputs = (b.categorical.to(dev), b.multivalent.to(dev), b.dense.to(dev, dtype))
+            outs.append((scorer(model.embed(*inputs)) if scorer is not None else model(*inputs)).float())
     finally:
         model.train(was_training)
     return torch.cat(outs).cpu() if outs else torch.empty(0)

@@ -1,0 +1,98 @@
+"""``predict``'s scorer (padded, bias-folded products for full-rank and deep-only models) gives the
+model's own forward, for every structure and cross-layer option it covers."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import dcn_explore as dx
+from dcn_explore.data import planted_crosses
+from dcn_explore.model.scoring import Scorer
+
+
+def _randomised(model: dx.DCNv2, seed: int = 0) -> dx.DCNv2:
+    """Every parameter random (biases are zero at initialisation and would hide a misplaced bias)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * (0.3 if p.dim() > 1 else 0.5))
+    return model.eval()
+
+
+def _reference(model: dx.DCNv2, data) -> torch.Tensor:
+    with torch.no_grad():
+        return model(*data.batch(slice(0, len(data))).inputs())
+
+
+@pytest.mark.parametrize("structure", ["stacked", "parallel", "cross_only", "deep_only"])
+@pytest.mark.parametrize("cross_residual,cross_bias,diag_scale", [(True, True, 0.0), (False, True, 0.0), (True, False, 0.5), (False, False, 0.3)])
+def test_scorer_equals_the_forward(structure, cross_residual, cross_bias, diag_scale):
+    ds = planted_crosses(n_samples=300, seed=1)
+    cfg = dx.DCNConfig(cross="full", structure=structure, cross_layers=3, deep_layers=(16, 8), embedding_dim=4,
+                       cross_residual=cross_residual, cross_bias=cross_bias, diag_scale=diag_scale)
+    model = _randomised(dx.DCNv2(ds.schema, cfg, seed=0))
+    assert Scorer.build(model) is not None
+    # 300 rows in chunks of 128: the buffers are reused, the last chunk is shorter, and each
+    # chunk's logits must survive the next chunk
+    got = dx.predict(model, ds, batch_size=128)
+    ref = _reference(model, ds)
+    assert ref.abs().max() > 1.0  # the comparison is not between near-zero outputs
+    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5), (got - ref).abs().max()
+
+
+@pytest.mark.parametrize("widths,d,P", [(3, 39, 40), (4, 51, 56), ({"user_id": 9, "item_id": 4}, None, None)])
+def test_padding_columns_stay_zero_and_the_bias_column_stays_one(widths, d, P):
+    ds = planted_crosses(n_samples=64, seed=2)
+    emb = widths if isinstance(widths, int) else {**{f.name: 4 for f in ds.schema.of_kind("categorical")}, **widths}
+    model = _randomised(dx.DCNv2(ds.schema, dx.DCNConfig(cross="full", cross_layers=2, deep_layers=(8,), embedding_dim=emb), seed=0))
+    d = d or model.d
+    if P is None:
+        assert d % 8 == 0  # this case: d a multiple of 8, the constant column starts a new block of 8
+        P = d + 8
+    s = Scorer.build(model)
+    assert (s.d, s.P) == (d, P)
+    x0 = model.embed(*ds.batch(slice(0, 64)).inputs())
+    got = s(x0)
+    assert torch.allclose(got, _reference(model, ds), rtol=1e-5, atol=1e-5)
+    assert torch.equal(s.x[:64, d], torch.ones(64))  # x_L's constant column
+    assert not s.x[:64, d + 1 :].any() and not s.x0[:64, d + 1 :].any()
+
+
+def test_float64_model_and_multivalent_features():
+    rng = np.random.default_rng(0)
+    n = 200
+    df = pd.DataFrame({
+        "a": rng.choice(list("xyz"), n), "b": rng.choice(list("pqrs"), n), "v": rng.normal(size=n),
+        "tags": ["|".join(rng.choice(list("klmno"), rng.integers(1, 4))) for _ in range(n)],
+        "y": rng.integers(0, 2, n),
+    })
+    ds = dx.data.from_frame(df, label="y", categorical=["a", "b"], dense=["v"], multivalent=["tags"])
+    model = _randomised(dx.DCNv2(ds.schema, dx.DCNConfig(cross="full", cross_layers=2, deep_layers=(8,)), seed=0).double())
+    got = dx.predict(model, ds, batch_size=64)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got.double(), _reference(model, ds), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("cfg", [dict(cross="low_rank", rank=4), dict(cross="mixture", rank=4, experts=2), dict(cross="vector")])
+def test_other_cross_kinds_score_through_the_forward(cfg):
+    ds = planted_crosses(n_samples=100, seed=3)
+    model = _randomised(dx.DCNv2(ds.schema, dx.DCNConfig(cross_layers=2, deep_layers=(8,), **cfg), seed=0))
+    assert Scorer.build(model) is None
+    assert torch.allclose(dx.predict(model, ds, batch_size=64), _reference(model, ds), atol=1e-6)
+    assert Scorer.build(torch.nn.Linear(2, 1)) is None
+
+
+def test_scorer_copies_the_padded_kernels_when_built():
+    """The padded kernels are copies: a scorer built before the weights change scores the old model
+    (``predict`` builds one per call, so it always scores the current weights)."""
+    ds = planted_crosses(n_samples=50, seed=4)
+    model = _randomised(dx.DCNv2(ds.schema, dx.DCNConfig(cross="full", structure="cross_only", cross_layers=1), seed=0))
+    x0 = model.embed(*ds.batch(slice(0, 50)).inputs()).detach()
+    s = Scorer.build(model)
+    before = s(x0).clone()
+    with torch.no_grad():
+        model.cross.layers[0].W.mul_(2.0)
+    assert torch.equal(s(x0), before)
+    assert torch.allclose(dx.predict(model, ds), _reference(model, ds), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(dx.predict(model, ds), before, atol=1e-3)
