@@ -1,5 +1,5 @@
-"""``predict``'s scorer (padded, bias-folded products for full-rank and deep-only models) gives the
-model's own forward, for every structure and cross-layer option it covers."""
+"""``predict``'s scorer (padded, bias-folded products for full-rank, low-rank and deep-only models)
+gives the model's own forward, for every structure and cross-layer option it covers."""
 
 import numpy as np
 import pandas as pd
@@ -25,14 +25,17 @@ def _reference(model: dx.DCNv2, data) -> torch.Tensor:
         return model(*data.batch(slice(0, len(data))).inputs())
 
 
+@pytest.mark.parametrize("cross", [dict(cross="full"), dict(cross="low_rank", rank=5)])
 @pytest.mark.parametrize("structure", ["stacked", "parallel", "cross_only", "deep_only"])
 @pytest.mark.parametrize("cross_residual,cross_bias,diag_scale", [(True, True, 0.0), (False, True, 0.0), (True, False, 0.5), (False, False, 0.3)])
-def test_scorer_equals_the_forward(structure, cross_residual, cross_bias, diag_scale):
+def test_scorer_equals_the_forward(cross, structure, cross_residual, cross_bias, diag_scale):
     ds = planted_crosses(n_samples=300, seed=1)
-    cfg = dx.DCNConfig(cross="full", structure=structure, cross_layers=3, deep_layers=(16, 8), embedding_dim=4,
-                       cross_residual=cross_residual, cross_bias=cross_bias, diag_scale=diag_scale)
+    cfg = dx.DCNConfig(structure=structure, cross_layers=3, deep_layers=(16, 8), embedding_dim=4,
+                       cross_residual=cross_residual, cross_bias=cross_bias, diag_scale=diag_scale, **cross)
     model = _randomised(dx.DCNv2(ds.schema, cfg, seed=0))
-    assert Scorer.build(model) is not None
+    # a low-rank layer's diagonal scale cannot ride in its factors: that model scores through its forward
+    covered = structure == "deep_only" or cross["cross"] == "full" or not diag_scale
+    assert (Scorer.build(model) is not None) == covered
     # 300 rows in chunks of 128: the buffers are reused, the last chunk is shorter, and each
     # chunk's logits must survive the next chunk
     got = dx.predict(model, ds, batch_size=128)
@@ -74,7 +77,7 @@ def test_float64_model_and_multivalent_features():
     assert torch.allclose(got.double(), _reference(model, ds), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("cfg", [dict(cross="low_rank", rank=4), dict(cross="mixture", rank=4, experts=2), dict(cross="vector")])
+@pytest.mark.parametrize("cfg", [dict(cross="mixture", rank=4, experts=2), dict(cross="vector"), dict(cross="low_rank", rank=4, diag_scale=0.5)])
 def test_other_cross_kinds_score_through_the_forward(cfg):
     ds = planted_crosses(n_samples=100, seed=3)
     model = _randomised(dx.DCNv2(ds.schema, dx.DCNConfig(cross_layers=2, deep_layers=(8,), **cfg), seed=0))

@@ -1,17 +1,18 @@
 """Scoring without autograd: a frozen copy of a model's products, laid out for the matrix library.
 
-Used by :func:`dcn_explore.predict` for the models whose time is almost all in ``d × d`` products:
-full-rank cross layers (any structure) and deep-only models. Everything else scores through the
-model's own forward. What changes against the forward (the results agree to float rounding; the
+Used by :func:`dcn_explore.predict` for the models whose time is almost all in products over ``x0``'s
+width ``d``: full-rank and low-rank cross layers (any structure) and deep-only models. Mixtures, DCN
+(vector) layers and low-rank layers with a diagonal scale score through the model's own forward. What changes against the forward (the results agree to float rounding; the
 tests check ``atol=1e-5`` on the logits):
 
 - ``x0``'s width ``d`` is padded to ``P``, the next multiple of 8 above ``d`` (429 -> 432 for the
   Criteo shape: 10 % less time per ``512 × 429 × 429`` product with the CPU's GEMM). The padding
   columns are zero and stay zero through every layer (their kernel rows and columns are zero).
-- Column ``d`` of ``x0`` holds a constant 1, so each bias is one more kernel column: the product
-  gives ``W x + b`` without the separate pass that writes the bias into the output first. The
-  column stays 1 through the cross layers: with the residual its kernel row is 0
-  (``x_{l+1}[d] = x_l[d] + x0[d] · 0``), without it the row is ``e_d`` (``x0[d] · x_l[d]``).
+- Column ``d`` of ``x0`` holds a constant 1, so the bias of a full-rank layer and of the first deep
+  layer is one more kernel column: the product gives ``W x + b`` without the separate pass that
+  writes the bias into the output first (a low-rank layer adds its bias in its second product,
+  ``U (Vᵀ x) + b``, as ``addmm``). The column stays 1 through the cross layers: with the residual
+  its output is 0 (``x_{l+1}[d] = x_l[d] + x0[d] · 0``), without it 1 (``x0[d] · 1``).
 - Layer 0 with the residual computes ``x0 ⊙ (W x0 + b + 1)`` (one product and one multiply; the
   fused training step does the same), later layers update ``x_l`` in place with one ``addcmul``.
 - The diagonal scale ``α`` is folded into the kernel (``W + αI``).
@@ -33,7 +34,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .cross import FullCross
+from .cross import FullCross, LowRankCross
 from .dcn import DCNv2
 
 
@@ -52,7 +53,7 @@ class Scorer:
         self.dtype, self.device = w.dtype, w.device
         with torch.no_grad():
             layers = list(model.cross.layers) if model.cross else []
-            self.cross = [self._cross_kernel(layer, first=(i == 0)).t() for i, layer in enumerate(layers)]
+            self.cross = [self._cross_kernels(layer, first=(i == 0)) for i, layer in enumerate(layers)]
             self.residual = bool(layers[0].residual) if layers else True
             linears = [m for m in model.deep.net if isinstance(m, nn.Linear)] if model.deep else []
             # (Wᵀ, b) per deep layer; the first reads the padded x0 or x_L, its bias in Wᵀ's row d
@@ -73,7 +74,8 @@ class Scorer:
         (low-rank, mixture and vector cross layers score through the model's forward)."""
         if not isinstance(model, DCNv2):
             return None
-        if model.cross is not None and not all(type(layer) is FullCross for layer in model.cross.layers):
+        layers = list(model.cross.layers) if model.cross is not None else []
+        if not all(type(layer) is FullCross or (type(layer) is LowRankCross and not layer.diag_scale) for layer in layers):
             return None
         if model.deep is None and model.config.structure != "cross_only":
             return None
@@ -88,18 +90,28 @@ class Scorer:
             out[: weight.shape[0], self.d] = bias
         return out
 
-    def _cross_kernel(self, layer: FullCross, first: bool) -> torch.Tensor:
-        """``(P, P)``: ``W + αI`` with the bias in column ``d`` (plus 1 for a first residual layer),
-        and the entry that keeps ``x[d] = 1``."""
+    def _cross_kernels(self, layer: FullCross | LowRankCross, first: bool) -> tuple[torch.Tensor, ...]:
+        """Full rank: ``(Kᵀ,)``, ``K: (P, P)`` = ``W + αI`` with the bias in column ``d``. Low rank:
+        ``(V, Uᵀ, b)`` padded to ``(P, r)``, ``(r, P)``, ``(P,)``. The bias gets 1 added in a first
+        residual layer, and output ``d`` is 1 where that keeps ``x[d] = 1`` (see the module docstring)."""
         d = self.d
         fold_residual = first and layer.residual
         b = layer.b if layer.b is not None else torch.zeros(d, dtype=self.dtype, device=self.device)
-        K = self._padded_in(layer.W, b + 1 if fold_residual else b, rows=self.P)
+        b = b + 1 if fold_residual else b
+        one = 1.0 if fold_residual or not layer.residual else 0.0
+        if isinstance(layer, LowRankCross):
+            V = torch.zeros(self.P, layer.rank, dtype=self.dtype, device=self.device)
+            V[:d] = layer.V
+            U = torch.zeros(self.P, layer.rank, dtype=self.dtype, device=self.device)
+            U[:d] = layer.U
+            bp = torch.zeros(self.P, dtype=self.dtype, device=self.device)
+            bp[:d], bp[d] = b, one
+            return V, U.t(), bp
+        K = self._padded_in(layer.W, b, rows=self.P)
         if layer.diag_scale:
             K[:d, :d].diagonal().add_(layer.diag_scale)
-        if fold_residual or not layer.residual:
-            K[d, d] = 1.0
-        return K
+        K[d, d] = one
+        return (K.t(),)
 
     def _buffers(self, rows: int) -> None:
         if rows <= self._rows:
@@ -110,6 +122,7 @@ class Scorer:
         self.x0[:, self.d] = 1.0
         self.x, self.y = new(rows, self.P), new(rows, self.P)
         self.h = [new(rows, Wt.shape[1]) for Wt, _ in self.deep]
+        self.v = [new(rows, k[0].shape[1]) if len(k) > 1 else None for k in self.cross]  # low rank: x V
 
     @torch.no_grad()
     def __call__(self, x0: torch.Tensor) -> torch.Tensor:
@@ -118,8 +131,12 @@ class Scorer:
         X0, X, Y = self.x0[:n], self.x[:n], self.y[:n]
         X0[:, : self.d] = x0
         xl = X0
-        for i, K in enumerate(self.cross):
-            torch.mm(xl, K, out=Y)
+        for i, kernels in enumerate(self.cross):
+            if len(kernels) == 1:
+                torch.mm(xl, kernels[0], out=Y)
+            else:
+                V, Ut, b = kernels
+                torch.addmm(b, torch.mm(xl, V, out=self.v[i][:n]), Ut, out=Y)
             if i == 0 or not self.residual:
                 torch.mul(X0, Y, out=X)  # first residual layer: x0 ⊙ (W x0 + b + 1)
             else:
