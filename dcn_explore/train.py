@@ -205,14 +205,14 @@ def _loss(logits: torch.Tensor, label: torch.Tensor, task: str) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(model: DCNv2, data: TabularData, batch_size: int = 16384, device: str | torch.device | None = None) -> torch.Tensor:
-    """Raw model outputs ``(N,)`` (logits for binary tasks), on the CPU. Full-rank and deep-only
-    models score through :class:`~dcn_explore.model.scoring.Scorer` (padded, bias-folded products;
-    equal to the forward up to float rounding), the others through their forward."""
+    """Raw model outputs ``(N,)`` (logits for binary tasks), on the CPU. Full-rank, low-rank and
+    deep-only models score through :class:`~dcn_explore.model.scoring.Scorer` (padded, bias-folded
+    products; equal to the forward up to float rounding), the others through their forward."""
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     dtype = next(model.parameters()).dtype
-    scorer = Scorer.build(model)  # full-rank and deep-only models: padded, bias-folded products
+    scorer = Scorer.build(model)  # None for the models it does not cover
     outs = []
     try:
         for i in range(0, len(data), batch_size):
