@@ -27,7 +27,8 @@ def _reference(model: dx.DCNv2, data) -> torch.Tensor:
 
 @pytest.mark.parametrize("cross", [dict(cross="full"), dict(cross="low_rank", rank=5)])
 @pytest.mark.parametrize("structure", ["stacked", "parallel", "cross_only", "deep_only"])
-@pytest.mark.parametrize("cross_residual,cross_bias,diag_scale", [(True, True, 0.0), (False, True, 0.0), (True, False, 0.5), (False, False, 0.3)])
+@pytest.mark.parametrize("cross_residual,cross_bias,diag_scale",
+                         [(True, True, 0.0), (False, True, 0.0), (True, False, 0.5), (False, False, 0.3)])
 def test_scorer_equals_the_forward(cross, structure, cross_residual, cross_bias, diag_scale):
     ds = planted_crosses(n_samples=300, seed=1)
     cfg = dx.DCNConfig(structure=structure, cross_layers=3, deep_layers=(16, 8), embedding_dim=4,
@@ -48,7 +49,8 @@ def test_scorer_equals_the_forward(cross, structure, cross_residual, cross_bias,
 def test_padding_columns_stay_zero_and_the_bias_column_stays_one(widths, d, P):
     ds = planted_crosses(n_samples=64, seed=2)
     emb = widths if isinstance(widths, int) else {**{f.name: 4 for f in ds.schema.of_kind("categorical")}, **widths}
-    model = _randomised(dx.DCNv2(ds.schema, dx.DCNConfig(cross="full", cross_layers=2, deep_layers=(8,), embedding_dim=emb), seed=0))
+    cfg = dx.DCNConfig(cross="full", cross_layers=2, deep_layers=(8,), embedding_dim=emb)
+    model = _randomised(dx.DCNv2(ds.schema, cfg, seed=0))
     d = d or model.d
     if P is None:
         assert d % 8 == 0  # this case: d a multiple of 8, the constant column starts a new block of 8
@@ -77,7 +79,8 @@ def test_float64_model_and_multivalent_features():
     assert torch.allclose(got.double(), _reference(model, ds), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("cfg", [dict(cross="mixture", rank=4, experts=2), dict(cross="vector"), dict(cross="low_rank", rank=4, diag_scale=0.5)])
+@pytest.mark.parametrize("cfg", [dict(cross="mixture", rank=4, experts=2), dict(cross="vector"),
+                                 dict(cross="low_rank", rank=4, diag_scale=0.5)])
 def test_other_cross_kinds_score_through_the_forward(cfg):
     ds = planted_crosses(n_samples=100, seed=3)
     model = _randomised(dx.DCNv2(ds.schema, dx.DCNConfig(cross_layers=2, deep_layers=(8,), **cfg), seed=0))

@@ -1,9 +1,10 @@
 """Scoring without autograd: a frozen copy of a model's products, laid out for the matrix library.
 
-Used by :func:`dcn_explore.predict` for the models whose time is almost all in products over ``x0``'s
-width ``d``: full-rank and low-rank cross layers (any structure) and deep-only models. Mixtures, DCN
-(vector) layers and low-rank layers with a diagonal scale score through the model's own forward. What changes against the forward (the results agree to float rounding; the
-tests check ``atol=1e-5`` on the logits):
+Used by :func:`dcn_explore.predict` for the models whose time is almost all in products over
+``x0``'s width ``d``: full-rank and low-rank cross layers (any structure) and deep-only models.
+Mixtures, DCN (vector) layers and low-rank layers with a diagonal scale score through the model's
+own forward. What changes against the forward (the results agree to float rounding; the tests
+check ``1e-5`` on the logits):
 
 - ``x0``'s width ``d`` is padded to ``P``, the next multiple of 8 above ``d`` (429 -> 432 for the
   Criteo shape: 10 % less time per ``512 × 429 × 429`` product with the CPU's GEMM). The padding
@@ -15,7 +16,7 @@ tests check ``atol=1e-5`` on the logits):
   its output is 0 (``x_{l+1}[d] = x_l[d] + x0[d] · 0``), without it 1 (``x0[d] · 1``).
 - Layer 0 with the residual computes ``x0 ⊙ (W x0 + b + 1)`` (one product and one multiply; the
   fused training step does the same), later layers update ``x_l`` in place with one ``addcmul``.
-- The diagonal scale ``α`` is folded into the kernel (``W + αI``).
+- A full-rank layer's diagonal scale ``α`` is folded into its kernel (``W + αI``).
 - Buffers are allocated once per call and reused for every chunk.
 
 >>> from dcn_explore.data import planted_crosses
@@ -71,7 +72,7 @@ class Scorer:
     @classmethod
     def build(cls, model: nn.Module) -> Scorer | None:
         """The scorer for ``model``, or ``None`` where it has parts this class does not cover
-        (low-rank, mixture and vector cross layers score through the model's forward)."""
+        (mixture and vector layers, low-rank layers with a diagonal scale)."""
         if not isinstance(model, DCNv2):
             return None
         layers = list(model.cross.layers) if model.cross is not None else []
@@ -138,7 +139,7 @@ class Scorer:
                 V, Ut, b = kernels
                 torch.addmm(b, torch.mm(xl, V, out=self.v[i][:n]), Ut, out=Y)
             if i == 0 or not self.residual:
-                torch.mul(X0, Y, out=X)  # first residual layer: x0 ⊙ (W x0 + b + 1)
+                torch.mul(X0, Y, out=X)  # x0 ⊙ (W x0 + b + 1) for a first residual layer, else x0 ⊙ (W x_l + b)
             else:
                 X.addcmul_(X0, Y)  # x_l + x0 ⊙ (W x_l + b)
             xl = X
