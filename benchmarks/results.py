@@ -148,15 +148,20 @@ def speed() -> str:
         if r["library"] == "dcn-explore" and "train_ratio_vs_fastest_peer" in r:
             ratios[r["model"]] = (r["train_ratio_vs_fastest_peer"], r["infer_ratio_vs_fastest_peer"])
             if "train_ratio_per_round" in r:
-                paired[r["model"]] = (r["train_ratio_per_round"], r["infer_ratio_per_round"])
+                paired[r["model"]] = ((r["train_ratio_per_round"], r.get("train_ratio_per_round_ci90")),
+                                      (r["infer_ratio_per_round"], r.get("infer_ratio_per_round_ci90")))
     if ratios:
         s.append("\n\nOurs divided by the fastest peer (medians): " + "; ".join(
             f"{k}: training {a:.2f}x, inference {b:.2f}x" for k, (a, b) in ratios.items()) + ".")
     if paired:
-        def spread(v):
-            return f"{statistics.median(v):.2f}x ({min(v):.2f}..{max(v):.2f})"
+        def spread(v_ci):
+            v, ci = v_ci
+            ci = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""  # files from before the interval was added have none
+            return f"{statistics.median(v):.2f}x{ci} ({min(v):.2f}..{max(v):.2f})"
 
-        s.append("\nThe same per round (ours and that peer measured seconds apart), median (min..max): " + "; ".join(
+        has_ci = any(ci for pair in paired.values() for _, ci in pair)
+        s.append("\nThe same per round (ours and that peer measured seconds apart), median "
+                 + ("[90 % bootstrap interval of the median] " if has_ci else "") + "(min..max): " + "; ".join(
             f"{k}: training {spread(a)}, inference {spread(b)}" for k, (a, b) in paired.items()) + ".")
     return "\n".join(s) + "\n"
 

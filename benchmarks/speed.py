@@ -121,6 +121,22 @@ class Peer:
         return sum(p.numel() for p in self.model.parameters())
 
 
+def median_ci(ratios: list[float], level: float = 0.9) -> list[float] | None:
+    """Percentile-bootstrap interval of the median per-round ratio (rounds resampled; seeded, so a rerun
+    on the same samples prints the same interval), or ``None`` under 5 rounds, where it means little."""
+    if len(ratios) < 5:
+        return None
+    from scipy.stats import bootstrap  # scikit-learn's dependency in the peers' venv
+
+    ci = bootstrap((np.asarray(ratios),), np.median, confidence_level=level, n_resamples=10_000,
+                   method="percentile", rng=np.random.default_rng(0)).confidence_interval
+    return [float(ci.low), float(ci.high)]
+
+
+def _fmt_ci(ci: list[float] | None) -> str:
+    return f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "[-]"
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -221,13 +237,15 @@ def main(argv=None) -> int:
             # drift of the machine's speed over minutes cancels in each round's ratio
             paired_t = [a / b for a, b in zip(rows[0]["train_samples"], bt["train_samples"])]
             paired_i = [a / b for a, b in zip(rows[0]["infer_samples"], bi["infer_samples"])]
+            ci_t, ci_i = median_ci(paired_t), median_ci(paired_i)
             print(f"  ours / fastest peer: training {ratio_t:.2f}x (vs {bt['name']}), inference {ratio_i:.2f}x (vs {bi['name']})")
-            print(f"  per-round ratios, median (min..max): training {statistics.median(paired_t):.2f}x "
-                  f"({min(paired_t):.2f}..{max(paired_t):.2f}), inference {statistics.median(paired_i):.2f}x "
-                  f"({min(paired_i):.2f}..{max(paired_i):.2f})")
+            print(f"  per-round ratios, median [90 % bootstrap CI] (min..max): training {statistics.median(paired_t):.2f}x "
+                  f"{_fmt_ci(ci_t)} ({min(paired_t):.2f}..{max(paired_t):.2f}), inference {statistics.median(paired_i):.2f}x "
+                  f"{_fmt_ci(ci_i)} ({min(paired_i):.2f}..{max(paired_i):.2f})")
             for r in rows:
                 r.update(train_ratio_vs_fastest_peer=ratio_t, infer_ratio_vs_fastest_peer=ratio_i)
-            rows[0].update(train_ratio_per_round=paired_t, infer_ratio_per_round=paired_i)
+            rows[0].update(train_ratio_per_round=paired_t, infer_ratio_per_round=paired_i,
+                           train_ratio_per_round_ci90=ci_t, infer_ratio_per_round_ci90=ci_i)
         results.extend(rows)
     versions = {"torch": torch.__version__, "dcn_explore": dx.__version__}
     for mod in ("deepctr_torch", "fuxictr", "torchrec"):
