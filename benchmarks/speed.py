@@ -126,7 +126,7 @@ def median_ci(ratios: list[float], level: float = 0.9) -> list[float] | None:
     on the same samples prints the same interval), or ``None`` under 5 rounds, where it means little."""
     if len(ratios) < 5:
         return None
-    from scipy.stats import bootstrap  # scikit-learn's dependency in the peers' venv
+    from scipy.stats import bootstrap  # in the peers' venv (benchmarks/peers/setup.sh)
 
     ci = bootstrap((np.asarray(ratios),), np.median, confidence_level=level, n_resamples=10_000,
                    method="percentile", rng=np.random.default_rng(0)).confidence_interval

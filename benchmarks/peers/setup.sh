@@ -37,7 +37,7 @@ fi
 
 # 3. their light dependencies, by hand
 "${PIP[@]}" \
-  numpy pandas scikit-learn tqdm requests h5py pyyaml \
+  numpy pandas scikit-learn scipy tqdm requests h5py pyyaml \
   polars pyarrow "ray[data]" pydantic \
   tensordict torchmetrics lightning-utilities pyre-extensions iopath
 
