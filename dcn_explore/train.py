@@ -207,18 +207,23 @@ def _loss(logits: torch.Tensor, label: torch.Tensor, task: str) -> torch.Tensor:
 def predict(model: DCNv2, data: TabularData, batch_size: int = 16384, device: str | torch.device | None = None) -> torch.Tensor:
     """Raw model outputs ``(N,)`` (logits for binary tasks), on the CPU. Full-rank, low-rank and
     deep-only models score through :class:`~dcn_explore.model.scoring.Scorer` (padded, bias-folded
-    products; equal to the forward up to float rounding), the others through their forward."""
+    products, embeddings looked up straight into the padded buffer where the schema allows; equal
+    to the forward up to float rounding), the others through their forward. ``batch_size`` rows go
+    through the layers at a time; the scorer's lookups take at least 2,048 rows at a time."""
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     dtype = next(model.parameters()).dtype
     scorer = Scorer.build(model)  # None for the models it does not cover
+    # the scorer looks up Scorer.LOOKUP_ROWS rows at a time (or batch_size, if more) and runs the
+    # layers on batch_size rows at a time
+    group = batch_size * max(1, Scorer.LOOKUP_ROWS // batch_size) if scorer is not None else batch_size
     outs = []
     try:
-        for i in range(0, len(data), batch_size):
-            b = data.batch(slice(i, i + batch_size))
+        for i in range(0, len(data), group):
+            b = data.batch(slice(i, i + group))
             inputs = (b.categorical.to(dev), b.multivalent.to(dev), b.dense.to(dev, dtype))
-            outs.append((scorer(model.embed(*inputs)) if scorer is not None else model(*inputs)).float())
+            outs.append((scorer.score(*inputs, chunk=batch_size) if scorer is not None else model(*inputs)).float())
     finally:
         model.train(was_training)
     return torch.cat(outs).cpu() if outs else torch.empty(0)

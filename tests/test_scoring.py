@@ -1,6 +1,8 @@
 """``predict``'s scorer (padded, bias-folded products for full-rank, low-rank and deep-only models)
 gives the model's own forward, for every structure and cross-layer option it covers."""
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,6 +11,7 @@ import torch
 import dcn_explore as dx
 from dcn_explore.data import planted_crosses
 from dcn_explore.model.scoring import Scorer
+from dcn_explore.schema import FeatureSpec, Schema
 
 
 def _randomised(model: dx.DCNv2, seed: int = 0) -> dx.DCNv2:
@@ -102,3 +105,79 @@ def test_scorer_copies_the_padded_kernels_when_built():
     assert torch.equal(s(x0), before)
     assert torch.allclose(dx.predict(model, ds), _reference(model, ds), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(dx.predict(model, ds), before, atol=1e-3)
+
+
+def _interleaved(order: str, n: int = 240, seed: int = 0) -> dx.data.TabularData:
+    """Rows whose features come in ``order`` (``c`` an id feature, ``d`` a dense one), e.g. ``"cdcdc"``."""
+    rng = np.random.default_rng(seed)
+    feats = [FeatureSpec(f"c{i}", "categorical", vocab_size=5 + 3 * i) if k == "c" else FeatureSpec(f"d{i}", "dense")
+             for i, k in enumerate(order)]
+    cats = [f for f in feats if f.kind == "categorical"]
+    return dx.data.TabularData(
+        Schema(feats), categorical=torch.from_numpy(np.stack([rng.integers(0, f.vocab_size, n) for f in cats], 1)),
+        dense=torch.from_numpy(rng.standard_normal((n, order.count("d"))).astype(np.float32)),
+        label=torch.from_numpy((rng.random(n) < 0.3).astype(np.float32)), name="interleaved")
+
+
+@pytest.mark.parametrize("order", ["dddccc", "cdcdcd", "cccddd", "cccc", "dcccccccc"])
+@pytest.mark.parametrize("cross", [dict(cross="full"), dict(cross="low_rank", rank=3)])
+@pytest.mark.parametrize("structure", ["stacked", "parallel", "cross_only", "deep_only"])
+def test_the_lookup_into_the_padded_buffer_equals_the_forward(order, cross, structure):
+    """One id width that divides the padded width: ``score`` writes x0 with one lookup, in its own
+    column order (ids, dense features, the constant), whatever the schema's order; the kernels are
+    laid out to match. Dense features first, between the ids, last or absent; one or more slots
+    after the ids."""
+    ds = _interleaved(order)
+    cfg = dx.DCNConfig(structure=structure, cross_layers=2, deep_layers=(16,), embedding_dim=4, **cross)
+    model = _randomised(dx.DCNv2(ds.schema, cfg, seed=0))
+    s = Scorer.build(model)
+    assert s.slots is not None and s.P % 4 == 0
+    ref = _reference(model, ds)
+    assert ref.std() > 0.1  # logits that differ from row to row: a wrong column would show
+    assert torch.allclose(dx.predict(model, ds, batch_size=100), ref, rtol=1e-5, atol=1e-5)
+    b = ds.batch(slice(0, 64))
+    got = s.score(*b.inputs())
+    assert torch.allclose(got, ref[:64], rtol=1e-5, atol=1e-5)
+    assert torch.equal(s.x0[:64, s.d], torch.ones(64)) and not s.x0[:64, s.d + 1 :].any()
+    # the buffer holds x0 itself, its columns in the scorer's order
+    assert torch.equal(s.x0[:64, : s.d], model.embed(*b.inputs()).index_select(1, s.cols))
+    # x0 from the model's embed gives the same logits through __call__
+    assert torch.allclose(s(model.embed(*b.inputs())), got, rtol=1e-6, atol=1e-6)
+
+
+def test_the_lookup_into_the_padded_buffer_only_where_one_lookup_can_fill_it():
+    """Two id widths, multivalent features or a width that does not divide P: x0 from ``embed``."""
+    ds = _interleaved("dcdcc")
+    widths = {"c1": 4, "c3": 4, "c4": 8}
+    for emb, slotted in [(4, True), (8, True), (widths, False), (3, False)]:  # d = 2 + 3w: P = 16, 32, -, 16
+        model = _randomised(dx.DCNv2(ds.schema, dx.DCNConfig(cross="full", cross_layers=1, embedding_dim=emb), seed=0))
+        s = Scorer.build(model)
+        assert (s.slots is not None) == slotted, emb
+        assert torch.allclose(dx.predict(model, ds, batch_size=64), _reference(model, ds), rtol=1e-5, atol=1e-5)
+
+
+def test_float64_model_with_the_lookup_into_the_padded_buffer():
+    ds = _interleaved("dcdc")
+    model = _randomised(dx.DCNv2(ds.schema, dx.DCNConfig(cross="full", cross_layers=2, deep_layers=(8,), embedding_dim=2), seed=0).double())
+    assert Scorer.build(model).slots is not None
+    got = dx.predict(model, ds, batch_size=64)
+    assert torch.allclose(got.double(), _reference(model, ds), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("emb", [4, 3])  # the lookup into the padded buffer / x0 from embed (3 does not divide P = 16)
+def test_predict_looks_up_in_groups_and_runs_the_layers_in_chunks(emb):
+    """5,000 rows with batch_size 300: lookups for 1,800 rows at a time, the layers on 300 rows at a
+    time (the last group has 1,400 rows, its last chunk 200)."""
+    ds = _interleaved("dcdcc", n=5000)
+    model = _randomised(dx.DCNv2(ds.schema, dx.DCNConfig(cross="full", cross_layers=2, deep_layers=(16,), embedding_dim=emb), seed=0))
+    s = Scorer.build(model)
+    assert (s.slots is not None) == (emb == 4) and Scorer.LOOKUP_ROWS // 300 == 6
+    ref = _reference(model, ds)
+    assert torch.allclose(dx.predict(model, ds, batch_size=300), ref, rtol=1e-5, atol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a product into an out= buffer of the wrong size resizes it, with a warning
+        got = s.score(*ds.batch(slice(0, 1800)).inputs(), chunk=300)
+    assert torch.allclose(got, ref[:1800], rtol=1e-5, atol=1e-5)
+    assert s.x.shape[0] == 300  # the layers' buffers hold one chunk
+    assert s.x0.shape[0] == (1800 if emb == 4 else 300)  # x0 holds the whole lookup where it is written there
+    assert s.score(*ds.batch(slice(0, 0)).inputs()).shape == (0,)

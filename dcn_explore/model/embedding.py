@@ -159,6 +159,13 @@ class FeatureEmbedding(nn.Module):
         self.identity_order = bool(torch.equal(perm, torch.arange(schema.d)))
         self.register_buffer("perm", perm, persistent=False)
 
+    def single_table(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(table, offsets)`` when every id feature is categorical and of one width (one table; the
+        ids of a batch's ``categorical`` column ``j`` are rows ``ids + offsets[j]``), else ``None``."""
+        if len(self._cat_groups) != 1 or self._mv_groups:
+            return None
+        return self.cat_tables[0], self.cat_offsets_0
+
     def tables(self) -> list[torch.nn.Parameter]:
         """All embedding tables (the parameters that receive row-sparse gradients)."""
         return list(self.cat_tables) + list(self.mv_tables)

@@ -17,6 +17,14 @@ check ``1e-5`` on the logits):
 - Layer 0 with the residual computes ``x0 ⊙ (W x0 + b + 1)`` (one product and one multiply; the
   fused training step does the same), later layers update ``x_l`` in place with one ``addcmul``.
 - A full-rank layer's diagonal scale ``α`` is folded into its kernel (``W + αI``).
+- Where every id feature is categorical with one embedding width ``w`` that divides ``P`` (the
+  Criteo shape: 26 × 16 + 13 dense -> ``P = 432 = 27 × 16``), one ``index_select`` writes a batch's
+  embeddings straight into the padded buffer, seen as ``P / w`` slots of ``w`` per row: the id
+  features first, then the dense features, the constant and the padding, written after the lookup
+  into the slots it filled with row 0. The kernels' rows and columns are permuted to that order, so
+  no ``x0`` is concatenated or copied. ``predict`` looks up ``LOOKUP_ROWS`` (2,048) rows at a time
+  and runs the layers on ``batch_size`` rows at a time. Paired against the previous scorer on the
+  Criteo-shaped models, batch 512: 1.05–1.06× (full rank), 1.13× (rank 64).
 - Buffers are allocated once per call and reused for every chunk.
 
 >>> from dcn_explore.data import planted_crosses
@@ -40,11 +48,16 @@ from .dcn import DCNv2
 
 
 class Scorer:
-    """``x0: (B, d) -> logits (B,)`` for one :class:`DCNv2`.
+    """Logits ``(B,)`` of one :class:`DCNv2`, from ``x0: (B, d)`` (``scorer(x0)``) or from a batch's
+    raw inputs (``scorer.score(categorical, multivalent, dense)``).
 
     The padded kernels (cross layers, the first deep layer, the logit's cross part) are copies taken
-    when the scorer is built; the later deep layers are read in place. Build a new scorer after the
-    weights change (:func:`~dcn_explore.predict` builds one per call)."""
+    when the scorer is built; the later deep layers and the embedding table are read in place.
+    Build a new scorer after the weights change (:func:`~dcn_explore.predict` builds one per call)."""
+
+    #: :func:`~dcn_explore.predict` looks up this many rows at a time (its ``batch_size`` rows at a
+    #: time when that is more) and runs the layers on ``batch_size`` rows
+    LOOKUP_ROWS = 2048
 
     def __init__(self, model: DCNv2) -> None:
         cfg, d = model.config, model.d
@@ -52,6 +65,10 @@ class Scorer:
         self.structure = cfg.structure
         w = next(model.parameters())
         self.dtype, self.device = w.dtype, w.device
+        self.embed = model.embed
+        self.slots = self._slot_layout(model)
+        # cols[q]: the model's x0 column that padded column q < d holds (None: the same column)
+        self.cols = self.slots[3] if self.slots is not None else None
         with torch.no_grad():
             layers = list(model.cross.layers) if model.cross else []
             self.cross = [self._cross_kernels(layer, first=(i == 0)) for i, layer in enumerate(layers)]
@@ -67,7 +84,7 @@ class Scorer:
                 self.logit = (self._padded_in(wl[None], bl)[0], None, None)
             else:
                 self.logit = (None, wl, bl)
-        self._rows = 0
+        self._x0_rows = self._rows = 0
 
     @classmethod
     def build(cls, model: nn.Module) -> Scorer | None:
@@ -82,11 +99,32 @@ class Scorer:
             return None
         return cls(model)
 
+    def _slot_layout(self, model: DCNv2) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor] | None:
+        """``(table, offsets, width, cols)`` where one lookup can write ``x0`` straight into the padded
+        buffer: every id feature categorical with one width ``w`` that divides ``P``. The buffer's
+        row is then ``P / w`` slots of ``w``: the id features' embeddings first, then one or more
+        slots holding the dense features, the constant 1 (column ``d``) and the zero padding, which
+        the lookup fills with row 0 and which are written over after it. ``cols`` maps those
+        columns back to the model's ``x0`` columns."""
+        single = model.embedding.single_table()
+        if single is None or self.P % single[0].shape[1]:
+            return None
+        table, offsets = single
+        w, schema = table.shape[1], model.schema
+        start = dict(zip(schema.names, [0, *torch.tensor(schema.widths).cumsum(0).tolist()[:-1]]))
+        cols = [start[f.name] + k for f in schema.of_kind("categorical") for k in range(w)]
+        cols += [start[f.name] for f in schema.of_kind("dense")]
+        return table, offsets, w, torch.tensor(cols, device=self.device)
+
+    def _in_order(self, t: torch.Tensor) -> torch.Tensor:
+        """``t``'s rows (entries of a vector) indexed by the model's ``x0`` columns, in the padded order."""
+        return t if self.cols is None else t.index_select(0, self.cols)
+
     def _padded_in(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int | None = None) -> torch.Tensor:
         """``(rows, P)`` (``rows`` defaults to ``weight``'s): ``weight`` with the bias in column ``d``,
         zero padding columns (and rows); the products use its transpose (a view)."""
         out = torch.zeros(rows or weight.shape[0], self.P, dtype=self.dtype, device=self.device)
-        out[: weight.shape[0], : self.d] = weight
+        out[: weight.shape[0], : self.d] = weight if self.cols is None else weight.index_select(1, self.cols)
         if bias is not None:
             out[: weight.shape[0], self.d] = bias
         return out
@@ -97,40 +135,74 @@ class Scorer:
         residual layer, and output ``d`` is 1 where that keeps ``x[d] = 1`` (see the module docstring)."""
         d = self.d
         fold_residual = first and layer.residual
-        b = layer.b if layer.b is not None else torch.zeros(d, dtype=self.dtype, device=self.device)
+        b = self._in_order(layer.b) if layer.b is not None else torch.zeros(d, dtype=self.dtype, device=self.device)
         b = b + 1 if fold_residual else b
         one = 1.0 if fold_residual or not layer.residual else 0.0
         if isinstance(layer, LowRankCross):
             V = torch.zeros(self.P, layer.rank, dtype=self.dtype, device=self.device)
-            V[:d] = layer.V
+            V[:d] = self._in_order(layer.V)
             U = torch.zeros(self.P, layer.rank, dtype=self.dtype, device=self.device)
-            U[:d] = layer.U
+            U[:d] = self._in_order(layer.U)
             bp = torch.zeros(self.P, dtype=self.dtype, device=self.device)
             bp[:d], bp[d] = b, one
             return V, U.t(), bp
-        K = self._padded_in(layer.W, b, rows=self.P)
+        K = self._padded_in(self._in_order(layer.W), b, rows=self.P)
         if layer.diag_scale:
             K[:d, :d].diagonal().add_(layer.diag_scale)
         K[d, d] = one
         return (K.t(),)
 
-    def _buffers(self, rows: int) -> None:
-        if rows <= self._rows:
-            return
-        self._rows = rows
+    def _buffers(self, rows: int, chunk: int) -> None:
+        """``x0`` (and the slots' ids) for ``rows`` rows, the layers' buffers for ``chunk`` rows."""
         new = lambda *shape: torch.empty(*shape, dtype=self.dtype, device=self.device)  # noqa: E731
-        self.x0 = torch.zeros(rows, self.P, dtype=self.dtype, device=self.device)
-        self.x0[:, self.d] = 1.0
-        self.x, self.y = new(rows, self.P), new(rows, self.P)
-        self.h = [new(rows, Wt.shape[1]) for Wt, _ in self.deep]
-        self.v = [new(rows, k[0].shape[1]) if len(k) > 1 else None for k in self.cross]  # low rank: x V
+        if rows > self._x0_rows:
+            self._x0_rows = rows
+            self.x0 = torch.zeros(rows, self.P, dtype=self.dtype, device=self.device)
+            self.x0[:, self.d] = 1.0
+            if self.slots is not None:  # ids of each row's slots; the slots after the id features read row 0
+                self.ids = torch.zeros(rows, self.P // self.slots[2], dtype=torch.long, device=self.device)
+        if chunk > self._rows:
+            self._rows = chunk
+            self.x, self.y = new(chunk, self.P), new(chunk, self.P)
+            self.h = [new(chunk, Wt.shape[1]) for Wt, _ in self.deep]
+            self.v = [new(chunk, k[0].shape[1]) if len(k) > 1 else None for k in self.cross]  # low rank: x V
 
     @torch.no_grad()
     def __call__(self, x0: torch.Tensor) -> torch.Tensor:
+        """Logits from ``x0`` as the model's ``embed`` gives it."""
         n = x0.shape[0]
-        self._buffers(n)
-        X0, X, Y = self.x0[:n], self.x[:n], self.y[:n]
-        X0[:, : self.d] = x0
+        self._buffers(n, n)
+        self.x0[:n, : self.d] = x0 if self.cols is None else x0.index_select(1, self.cols)
+        return self._run(self.x0[:n])
+
+    @torch.no_grad()
+    def score(self, categorical: torch.Tensor, multivalent: torch.Tensor, dense: torch.Tensor,
+              chunk: int | None = None) -> torch.Tensor:
+        """Logits of a batch of raw inputs (the model's ``forward`` arguments); the layers run on
+        ``chunk`` rows at a time (default: all), the lookups on the whole batch. With the slot layout
+        one ``index_select`` writes the embeddings into the padded buffer (no concatenation and no
+        copy of ``x0``); otherwise ``x0`` comes from the model's ``embed``."""
+        n = categorical.shape[0]
+        if n == 0:
+            return torch.zeros(0, dtype=self.dtype, device=self.device)
+        chunk = min(chunk or n, n)
+        if self.slots is None:
+            x0 = self.embed(categorical, multivalent, dense)
+            return torch.cat([self(x0[i : i + chunk]) for i in range(0, n, chunk)])
+        table, offsets, w, _ = self.slots
+        self._buffers(n, chunk)
+        X0, ids, e = self.x0[:n], self.ids[:n], categorical.shape[1] * w
+        torch.add(categorical, offsets, out=ids[:, : categorical.shape[1]])
+        torch.index_select(table, 0, ids.view(-1), out=X0.view(-1, w))
+        X0[:, e : self.d] = dense
+        X0[:, self.d] = 1.0
+        X0[:, self.d + 1 :] = 0.0
+        return torch.cat([self._run(X0[i : i + chunk]) for i in range(0, n, chunk)])
+
+    def _run(self, X0: torch.Tensor) -> torch.Tensor:
+        """Logits of the rows of ``X0`` (a view of the padded ``x0`` buffer, at most ``chunk`` rows)."""
+        n = X0.shape[0]
+        X, Y = self.x[:n], self.y[:n]
         xl = X0
         for i, kernels in enumerate(self.cross):
             if len(kernels) == 1:
