@@ -110,10 +110,9 @@ class Scorer:
         if single is None or self.P % single[0].shape[1]:
             return None
         table, offsets = single
-        w, schema = table.shape[1], model.schema
-        start = dict(zip(schema.names, [0, *torch.tensor(schema.widths).cumsum(0).tolist()[:-1]]))
-        cols = [start[f.name] + k for f in schema.of_kind("categorical") for k in range(w)]
-        cols += [start[f.name] for f in schema.of_kind("dense")]
+        w, schema, where = table.shape[1], model.schema, model.schema.slices
+        cols = [c for f in schema.of_kind("categorical") for c in range(where[f.name].start, where[f.name].stop)]
+        cols += [where[f.name].start for f in schema.of_kind("dense")]
         return table, offsets, w, torch.tensor(cols, device=self.device)
 
     def _in_order(self, t: torch.Tensor) -> torch.Tensor:
