@@ -96,6 +96,43 @@ def test_sparse_lookup_gradient_is_the_coalesced_dense_gradient():
     assert torch.equal(grad._indices(), ref._indices())
 
 
+@pytest.mark.parametrize("ids", [
+    [4], [4, 4], [9, 2, 9, 0, 2], list(range(10)), list(range(10))[::-1],
+    torch.randint(0, 50, (2000,), generator=torch.Generator().manual_seed(0)).tolist(),  # many repeats
+    torch.randint(0, 324_463, (13_312,), generator=torch.Generator().manual_seed(1)).tolist(),  # a Criteo batch
+    [2**49 - 1, 3, 2**49 - 1],  # 3 ids take 2 bits: the packed key still fits in 63 bits
+    [2**61, 5, 2**61, 0],  # too large to pack: torch.unique's path
+    [],
+])
+def test_unique_rows_is_torch_unique(ids):
+    from dcn_explore.model.embedding import unique_rows
+
+    t = torch.tensor(ids, dtype=torch.long)
+    rows, inverse = unique_rows(t)
+    ref_rows, ref_inverse = torch.unique(t, sorted=True, return_inverse=True)
+    assert rows.dtype == inverse.dtype == torch.long
+    assert torch.equal(rows, ref_rows) and torch.equal(inverse, ref_inverse)
+    assert torch.equal(rows[inverse], t)
+
+
+def test_clipping_scales_dense_gradients_as_clip_grad_norm_and_leaves_small_ones_untouched():
+    """The dense path clips with ``clip_gradients`` as well: the same norm and the same scaled gradients
+    as ``torch.nn.utils.clip_grad_norm_``; under the bound the gradients keep their exact values."""
+    g = torch.Generator().manual_seed(0)
+    for scale, max_norm in ((10.0, 1.0), (1e-3, 1.0)):
+        grads = [torch.randn(5, 3, generator=g) * scale, torch.randn(7, generator=g) * scale]
+        ours = [torch.nn.Parameter(torch.zeros_like(x)) for x in grads]
+        ref = [torch.nn.Parameter(torch.zeros_like(x)) for x in grads]
+        for p, q, x in zip(ours, ref, grads):
+            p.grad, q.grad = x.clone(), x.clone()
+        norm = clip_gradients(ours, max_norm)
+        ref_norm = torch.nn.utils.clip_grad_norm_(ref, max_norm)
+        assert torch.equal(norm, ref_norm)
+        for p, q, x in zip(ours, ref, grads):
+            assert torch.equal(p.grad, q.grad)
+            assert torch.equal(p.grad, x) == (float(ref_norm) <= max_norm)
+
+
 @pytest.mark.parametrize("rows", [[0, 3, 4, 9], [3, 0, 4, 9], [0, 3, 3, 9], [7], []])
 def test_coalesced_marks_sorted_distinct_rows_and_coalesces_the_rest(rows):
     from dcn_explore.train import coalesced

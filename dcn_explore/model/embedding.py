@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,6 +50,34 @@ def rows_gradient(n_rows: int, ids: torch.Tensor, g: torch.Tensor, out: torch.Te
     return out.index_add_(0, ids, g.reshape(-1, w).contiguous())
 
 
+def unique_rows(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.unique(ids, sorted=True, return_inverse=True)`` of 1-D non-negative int64 ids.
+
+    On the CPU, when each id shifted left by ``⌈log2 n⌉`` bits still fits in 63 bits, the ids and their
+    positions are packed into one int64 key and sorted with numpy's vectorised sort (the sorted keys give
+    the distinct ids and, by position, the inverse), several times faster than ``torch.unique``'s
+    sort for a batch's lookups (512 × 26 Criteo-shaped ids: 0.26–0.31 ms against 0.73 ms). The result is
+    the same, element for element; elsewhere ``torch.unique`` runs.
+
+    >>> unique_rows(torch.tensor([5, 2, 5, 9, 2]))
+    (tensor([2, 5, 9]), tensor([1, 0, 1, 2, 0]))
+    """
+    n = ids.numel()
+    bits = max(1, (n - 1).bit_length())
+    if ids.device.type != "cpu" or ids.dtype != torch.int64 or n == 0 or int(ids.max()) >> (63 - bits) or int(ids.min()) < 0:
+        return torch.unique(ids, sorted=True, return_inverse=True)
+    key = np.left_shift(ids.numpy(), bits)
+    key |= np.arange(n)
+    key.sort()
+    sorted_ids = key >> bits
+    first = np.empty(n, dtype=bool)  # where a new id starts in the sorted order
+    first[0] = True
+    np.not_equal(sorted_ids[1:], sorted_ids[:-1], out=first[1:])
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[key & ((1 << bits) - 1)] = np.cumsum(first) - 1
+    return torch.from_numpy(sorted_ids[first]), torch.from_numpy(inverse)
+
+
 class _Rows(torch.autograd.Function):
     """``table[ids]`` (rows of a 2-D table), whose backward is :func:`rows_gradient` (the slices that
     ``cat``'s backward hands back are strided). Used for the batched engine's stacked lookups; a single
@@ -75,7 +104,7 @@ class _Rows(torch.autograd.Function):
 
 class _SparseRows(torch.autograd.Function):
     """``table[ids]`` whose gradient is row-sparse and already coalesced: the distinct ids (sorted) and
-    each distinct row's summed gradient, added with ``index_add_`` over the inverse of ``torch.unique``.
+    each distinct row's summed gradient, added with ``index_add_`` over the inverse of :func:`unique_rows`.
     ``F.embedding(..., sparse=True)`` hands back one gradient row per lookup, which clipping and the
     lazy optimizer must coalesce (a sort and a scatter of all rows); this does the same in one sort of
     the ids (measured on the CPU, 512 × 26 Criteo-shaped lookups of width 16: lookup, gradient and
@@ -94,7 +123,7 @@ class _SparseRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         (ids,) = ctx.saved_tensors
-        rows, inverse = torch.unique(ids.reshape(-1), sorted=True, return_inverse=True)
+        rows, inverse = unique_rows(ids.reshape(-1))
         values = g.new_zeros(rows.numel(), g.shape[-1]).index_add_(0, inverse, g.reshape(-1, g.shape[-1]))
         grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values, ctx.table_shape, is_coalesced=True,
                                        check_invariants=False)
