@@ -702,7 +702,11 @@ def fit(
             last_good = {k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()}
             monitor = row["val_loss"] if va is not None else train_loss
             if monitor < best["value"]:
-                best.update(value=monitor, epoch=epoch, state=_state_copy(eval_model()), metrics=dict(row))
+                # after the last epoch the weights do not change again: keep the evaluated module itself
+                # (read at the end) instead of a copy of its state
+                last = epoch == cfg.epochs or (cfg.max_steps is not None and step >= cfg.max_steps)
+                best.update(value=monitor, epoch=epoch, state=eval_model() if last else _state_copy(eval_model()),
+                            metrics=dict(row))
                 bad_epochs = 0
                 if cfg.checkpoint and main_process:
                     model_for_ckpt = eval_model()
@@ -726,8 +730,11 @@ def fit(
         if bar is not None:
             bar.close()
         model.embedding.sparse_grad = False
-    if best["state"] is not None:
-        model.load_state_dict(best["state"])
+    state = best["state"]
+    if isinstance(state, torch.nn.Module):
+        state = None if state is model else state.state_dict()
+    if state is not None:
+        model.load_state_dict(state)
     model.eval()
     history = pd.DataFrame(rows)
     return TrainResult(

@@ -80,6 +80,28 @@ def test_ema_weights_are_what_is_kept(parts):
     assert not torch.equal(m.cross.layers[0].W, m2.cross.layers[0].W)
 
 
+@pytest.mark.parametrize("epochs, max_steps", [(2, None), (4, 20), (6, None)])
+def test_the_kept_weights_are_the_best_epochs_evaluated_weights(parts, epochs, max_steps):
+    """With the moving average on, the model ends up holding exactly the weights evaluated at the best
+    epoch, whether that is the last epoch (ended by ``epochs`` or by ``max_steps``) or an earlier one."""
+    train, val, _ = parts
+    m = _model(train.schema)
+    seen = {}
+
+    def grab(event):
+        seen[event["epoch"]] = {k: v.clone() for k, v in event["model"].state_dict().items()}
+
+    r = dx.fit(m, train, val, dx.TrainConfig(epochs=epochs, batch_size=256, lr=0.01, progress=False, ema_decay=0.9,
+                                             early_stopping=None, max_steps=max_steps), callback=grab)
+    last = int(r.history.epoch.iloc[-1])
+    assert last == (2 if max_steps else epochs)
+    assert all(torch.equal(seen[r.best_epoch][k], v) for k, v in m.state_dict().items())
+    if epochs == 6:  # the case where an earlier epoch wins: the model does not hold the last one's weights
+        assert r.best_epoch < last and not torch.equal(seen[last]["cross.layers.0.W"], m.cross.layers[0].W)
+    else:
+        assert r.best_epoch == last
+
+
 def test_ema_decay_warmup_rule():
     from dcn_explore.train import _EMA
 
