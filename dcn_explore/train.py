@@ -280,16 +280,22 @@ class LazyAdam(torch.optim.Optimizer):
 
     The rule and its arithmetic are ``torch.optim.SparseAdam``'s (moments of untouched rows are
     left as they are; bias correction by the parameter's step count), but the touched rows are
-    read with ``index_select`` and written back with ``index_copy_``/``index_add_`` on the
-    coalesced rows instead of through sparse-tensor masks and additions, which on the CPU cost
-    several milliseconds per step for a batch of Criteo-sized lookups (``benchmarks/speed.py``).
+    read with ``index_select`` and written back with ``index_copy_`` on the coalesced rows instead
+    of through sparse-tensor masks and additions, which on the CPU cost several milliseconds per
+    step for a batch of Criteo-sized lookups (``benchmarks/speed.py``).
+
+    After a step, :attr:`touched` maps each updated parameter to ``(rows, before, after)``: the rows
+    the step changed and their values before and after it (what :class:`_EMA` averages, so that it
+    need not read them again).
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+        self.touched: dict[torch.nn.Parameter, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     @torch.no_grad()
     def step(self, closure=None):
+        self.touched = {}
         for group in self.param_groups:
             (b1, b2), lr, eps = group["betas"], group["lr"], group["eps"]
             for p in group["params"]:
@@ -314,7 +320,10 @@ class LazyAdam(torch.optim.Optimizer):
                 st["exp_avg"].index_copy_(0, rows, m)
                 st["exp_avg_sq"].index_copy_(0, rows, v)
                 step_size = lr * math.sqrt(1 - b2 ** st["step"]) / (1 - b1 ** st["step"])
-                p.index_add_(0, rows, m.div_(v.sqrt_().add_(eps)).mul_(-step_size))
+                before = p.index_select(0, rows)  # rows are distinct: the same sums as index_add_
+                after = before + m.div_(v.sqrt_().add_(eps)).mul_(-step_size)
+                p.index_copy_(0, rows, after)
+                self.touched[p] = (rows, before, after)
         return None
 
 
@@ -325,7 +334,8 @@ class _EMA:
     Embedding tables trained by the lazy (sparse) optimizer are averaged lazily but exactly: a row
     that a step does not touch keeps its value ``p``, so after updates ``a+1..b`` its average is
     ``p + (ema_a - p) · Π d_j``; the product is kept as a cumulative sum of ``log d_j`` and applied
-    when the row is next touched (:meth:`catch_up`) or before the averaged model is read
+    when the row is next touched (:meth:`update`, given the touched rows' values before and after
+    the step, as :attr:`LazyAdam.touched` holds them) or before the averaged model is read
     (:meth:`finalize`). Dense parameters are lerped every update with one foreach kernel.
     """
 
@@ -340,8 +350,6 @@ class _EMA:
                        for name, p in model.named_parameters() if id(p) in lazy_ids]
         self._skip = {e.data_ptr() for _, e, _ in self.tables}
         self.log_cum = torch.zeros(max_updates + 2, dtype=torch.float64, device=dev) if self.tables else None
-        self._rows: list[torch.Tensor | None] = [None] * len(self.tables)
-        self._caught: list[torch.Tensor | None] = [None] * len(self.tables)
         self._d = 1.0
         self._pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
@@ -352,28 +360,16 @@ class _EMA:
         # later updates lerp these lists directly (``update_parameters`` regroups every parameter per call)
         self._pairs = ([e for e, _ in pairs], [p for _, p in pairs])
 
-    def _factor(self, last: torch.Tensor) -> torch.Tensor:
-        return torch.exp(self.log_cum[self.updates] - self.log_cum[last]).to(self.tables[0][1].dtype).unsqueeze(-1)
+    def _factor(self, last: torch.Tensor, upto: int) -> torch.Tensor:
+        """``Π d_j`` over the updates after ``last`` (per row) up to ``upto``, as a column."""
+        return torch.exp(self.log_cum[upto] - self.log_cum[last]).to(self.tables[0][1].dtype).unsqueeze(-1)
 
     @torch.no_grad()
-    def catch_up(self) -> None:
-        """Before the optimizer step: bring the touched rows' averages up to the current update."""
-        if not self.tables or self.updates == 0:
-            return
-        for k, (p, e, last) in enumerate(self.tables):
-            g = p.grad
-            rows = g._indices()[0] if g is not None and g.is_sparse else None
-            self._rows[k] = rows
-            if rows is None:
-                continue
-            # index_select / index_copy_: several times faster on the CPU than advanced indexing; the
-            # caught-up rows stay here until update() lerps them and writes them back once
-            pr = p.detach().index_select(0, rows)
-            er = e.index_select(0, rows)
-            self._caught[k] = pr.add_(er.sub_(pr).mul_(self._factor(last.index_select(0, rows))))
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
+    def update(self, model: torch.nn.Module,
+               touched: Mapping[torch.nn.Parameter, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None) -> None:
+        """Average the weights after an optimizer step. ``touched``: per lazily averaged table, the rows
+        the step changed and their values before and after it (:attr:`LazyAdam.touched`); a table
+        absent from it had no row changed."""
         self.updates += 1
         n = self.updates
         self._d = min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
@@ -388,13 +384,16 @@ class _EMA:
                 last.fill_(1)
             return
         self.log_cum[n] = self.log_cum[n - 1] + math.log(self._d)
-        for k, (p, e, last) in enumerate(self.tables):
-            rows = self._rows[k]
-            if rows is None:
+        for p, e, last in self.tables:
+            if not touched or p not in touched:
                 continue
-            er = self._caught[k] if self._caught[k] is not None else e.index_select(0, rows)
-            self._caught[k] = None
-            e.index_copy_(0, rows, er.lerp_(p.detach().index_select(0, rows), 1.0 - self._d))
+            rows, before, after = touched[p]
+            # bring the rows' averages up to the previous update (the weights held ``before`` since the
+            # row was last averaged), then average in ``after``; index_select / index_copy_: several
+            # times faster on the CPU than advanced indexing
+            er = e.index_select(0, rows)
+            caught = er.sub_(before).mul_(self._factor(last.index_select(0, rows), n - 1)).add_(before)
+            e.index_copy_(0, rows, caught.lerp_(after, 1.0 - self._d))
             last.index_fill_(0, rows, n)
 
     @torch.no_grad()
@@ -407,7 +406,8 @@ class _EMA:
             # and never touched since still equal their weights: only the rows in between need work
             rows = ((last > 1) & (last < self.updates)).nonzero().squeeze(1)
             pr = p.detach().index_select(0, rows)
-            e.index_copy_(0, rows, pr.add_(e.index_select(0, rows).sub_(pr).mul_(self._factor(last.index_select(0, rows)))))
+            factor = self._factor(last.index_select(0, rows), self.updates)
+            e.index_copy_(0, rows, pr.add_(e.index_select(0, rows).sub_(pr).mul_(factor)))
             last.index_fill_(0, rows, self.updates)
 
     @property
@@ -671,15 +671,13 @@ def fit(
                     for p in tables:
                         if p.grad is not None:
                             p.grad = coalesced(p.grad)
-                if ema is not None:
-                    ema.catch_up()
                 for o in optimizers:
                     o.step()
                 if cfg.lr_schedule == "cosine":
                     for sc in scheds:
                         sc.step()
                 if ema is not None:
-                    ema.update(model)
+                    ema.update(model, optimizers[-1].touched if tables else None)
                 loss_sum += loss.detach().double() * b.label.shape[0]
                 seen += b.label.shape[0]
                 step += 1
