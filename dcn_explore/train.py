@@ -702,8 +702,8 @@ def fit(
             if monitor < best["value"]:
                 # after the last epoch the weights do not change again: keep the evaluated module itself
                 # (read at the end) instead of a copy of its state
-                last = epoch == cfg.epochs or (cfg.max_steps is not None and step >= cfg.max_steps)
-                best.update(value=monitor, epoch=epoch, state=eval_model() if last else _state_copy(eval_model()),
+                final = epoch == cfg.epochs or (cfg.max_steps is not None and step >= cfg.max_steps)
+                best.update(value=monitor, epoch=epoch, state=eval_model() if final else _state_copy(eval_model()),
                             metrics=dict(row))
                 bad_epochs = 0
                 if cfg.checkpoint and main_process:

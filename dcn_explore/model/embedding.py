@@ -64,7 +64,8 @@ def unique_rows(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     n = ids.numel()
     bits = max(1, (n - 1).bit_length())
-    if ids.device.type != "cpu" or ids.dtype != torch.int64 or n == 0 or int(ids.max()) >> (63 - bits) or int(ids.min()) < 0:
+    if (ids.device.type != "cpu" or ids.dtype != torch.int64 or n == 0
+            or int(ids.max()) >> (63 - bits) or int(ids.min()) < 0):
         return torch.unique(ids, sorted=True, return_inverse=True)
     key = np.left_shift(ids.numpy(), bits)
     key |= np.arange(n)
