@@ -214,3 +214,59 @@ def test_lazy_adam_updates_exactly_as_sparse_adam_and_refuses_dense_gradients():
     ours.grad = torch.ones_like(ours)
     with pytest.raises(ConfigError, match="row-sparse"):
         opts[0].step()
+
+
+def _wide_schema():
+    """d = 16 x 16 + 5 = 261 columns: wide enough for the padded training products, not a multiple of 8."""
+    from dcn_explore.schema import FeatureSpec, Schema
+
+    feats = [FeatureSpec(f"x{i}", "dense") for i in range(5)]
+    feats += [FeatureSpec(f"c{i}", "categorical", vocab_size=20 + i, embedding_dim=16) for i in range(16)]
+    return Schema(feats)
+
+
+@pytest.mark.parametrize("structure", ["stacked", "parallel", "cross_only", "deep_only"])
+@pytest.mark.parametrize("cross, extra", [
+    ("full", {}), ("low_rank", {"rank": 8}), ("full", {"cross_bias": False}), ("full", {"cross_residual": False}),
+    ("full", {"diag_scale": 0.5}), ("low_rank", {"rank": 8, "cross_bias": False, "diag_scale": 0.5}),
+])
+def test_padded_training_head_equals_the_plain_head_with_the_same_gradients(structure, cross, extra):
+    """The training forward pads x0 (261 -> 264 columns) and the kernels that meet it; its output and the
+    gradients of x0 and of every parameter equal the unpadded head's."""
+    if structure == "deep_only" and extra:
+        pytest.skip("no cross layers to vary")
+    schema = _wide_schema()
+    m = dx.DCNv2(schema, dx.DCNConfig(cross=cross, cross_layers=2, deep_layers=(32, 16), structure=structure, **extra), seed=0)
+    with torch.no_grad():  # a bias that is not zero, so that a padded bias in the wrong place would show
+        for name, p in m.named_parameters():
+            if name.endswith(".b") or name.endswith(".bias"):
+                p.normal_(0.0, 0.1)
+    m.train()
+    x0 = torch.randn(64, schema.d, generator=torch.Generator().manual_seed(0))
+    upstream = torch.randn(64, generator=torch.Generator().manual_seed(1))
+    grads = []
+    for padded in (True, False):
+        m.TRAIN_PAD_MIN_D = 256 if padded else 10**9  # on the instance: the class keeps its value
+        assert m.train_pad() == (3 if padded else 0)
+        x = x0.clone().requires_grad_(True)
+        m.zero_grad(set_to_none=True)
+        out = m.head(x)
+        out.backward(upstream)
+        grads.append([out.detach(), x.grad] + [p.grad for _, p in m.named_parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) == 2 + sum(1 for n, _ in m.named_parameters() if not n.startswith("embedding"))
+    for a, b in zip(*grads):
+        assert a.shape == b.shape and float((a - b).abs().max()) <= 1e-5 * float(b.abs().max())  # float rounding
+
+
+def test_training_pad_applies_only_while_training_wide_full_or_low_rank_models():
+    schema = _wide_schema()
+    full = dx.DCNv2(schema, dx.DCNConfig(cross="full", cross_layers=1, deep_layers=(8,)), seed=0)
+    mix = dx.DCNv2(schema, dx.DCNConfig(cross="mixture", rank=4, experts=2, cross_layers=1, deep_layers=(8,)), seed=0)
+    v1 = dx.DCNv2(schema, dx.DCNConfig(cross="vector", cross_layers=1, deep_layers=(8,)), seed=0)
+    narrow = dx.DCNv2(dx.data.planted_crosses(n_samples=50).schema, dx.DCNConfig(cross_layers=1, deep_layers=(8,)))
+    assert narrow.d < dx.DCNv2.TRAIN_PAD_MIN_D and narrow.d % 8
+    assert full.train_pad() == 3 and mix.train_pad() == 0 and v1.train_pad() == 0 and narrow.train_pad() == 0
+    with torch.no_grad():
+        assert full.train_pad() == 0
+    full.eval()
+    assert full.train_pad() == 0
