@@ -115,15 +115,16 @@ class Scorer:
         cols += [where[f.name].start for f in schema.of_kind("dense")]
         return table, offsets, w, torch.tensor(cols, device=self.device)
 
-    def _in_order(self, t: torch.Tensor) -> torch.Tensor:
-        """``t``'s rows (entries of a vector) indexed by the model's ``x0`` columns, in the padded order."""
-        return t if self.cols is None else t.index_select(0, self.cols)
+    def _in_order(self, t: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """``t``'s entries along ``dim`` (rows by default), indexed by the model's ``x0`` columns, in the
+        padded order."""
+        return t if self.cols is None else t.index_select(dim, self.cols)
 
     def _padded_in(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int | None = None) -> torch.Tensor:
         """``(rows, P)`` (``rows`` defaults to ``weight``'s): ``weight`` with the bias in column ``d``,
         zero padding columns (and rows); the products use its transpose (a view)."""
         out = torch.zeros(rows or weight.shape[0], self.P, dtype=self.dtype, device=self.device)
-        out[: weight.shape[0], : self.d] = weight if self.cols is None else weight.index_select(1, self.cols)
+        out[: weight.shape[0], : self.d] = self._in_order(weight, dim=1)
         if bias is not None:
             out[: weight.shape[0], self.d] = bias
         return out
@@ -171,7 +172,7 @@ class Scorer:
         """Logits from ``x0`` as the model's ``embed`` gives it."""
         n = x0.shape[0]
         self._buffers(n, n)
-        self.x0[:n, : self.d] = x0 if self.cols is None else x0.index_select(1, self.cols)
+        self.x0[:n, : self.d] = self._in_order(x0, dim=1)
         return self._run(self.x0[:n])
 
     @torch.no_grad()
