@@ -360,9 +360,14 @@ class _EMA:
         # later updates lerp these lists directly (``update_parameters`` regroups every parameter per call)
         self._pairs = ([e for e, _ in pairs], [p for _, p in pairs])
 
-    def _factor(self, last: torch.Tensor, upto: int) -> torch.Tensor:
-        """``Π d_j`` over the updates after ``last`` (per row) up to ``upto``, as a column."""
-        return torch.exp(self.log_cum[upto] - self.log_cum[last]).to(self.tables[0][1].dtype).unsqueeze(-1)
+    def _caught_up(self, e: torch.Tensor, last: torch.Tensor, rows: torch.Tensor, held: torch.Tensor,
+                   upto: int) -> torch.Tensor:
+        """The averages of ``rows`` of the table average ``e``, brought from each row's last update
+        (``last``) to update ``upto``: the row's weights were ``held`` all along, so the average moves
+        to ``held + (e - held) · Π d_j``. index_select: several times faster on the CPU than advanced
+        indexing."""
+        factor = torch.exp(self.log_cum[upto] - self.log_cum[last.index_select(0, rows)]).to(e.dtype).unsqueeze(-1)
+        return e.index_select(0, rows).sub_(held).mul_(factor).add_(held)
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module,
@@ -388,11 +393,8 @@ class _EMA:
             if not touched or p not in touched:
                 continue
             rows, before, after = touched[p]
-            # bring the rows' averages up to the previous update (the weights held ``before`` since the
-            # row was last averaged), then average in ``after``; index_select / index_copy_: several
-            # times faster on the CPU than advanced indexing
-            er = e.index_select(0, rows)
-            caught = er.sub_(before).mul_(self._factor(last.index_select(0, rows), n - 1)).add_(before)
+            # up to the previous update (the weights held ``before`` since), then average in ``after``
+            caught = self._caught_up(e, last, rows, before, n - 1)
             e.index_copy_(0, rows, caught.lerp_(after, 1.0 - self._d))
             last.index_fill_(0, rows, n)
 
@@ -405,9 +407,7 @@ class _EMA:
             # rows averaged at the latest update are current; rows last averaged at update 1 (the copy)
             # and never touched since still equal their weights: only the rows in between need work
             rows = ((last > 1) & (last < self.updates)).nonzero().squeeze(1)
-            pr = p.detach().index_select(0, rows)
-            factor = self._factor(last.index_select(0, rows), self.updates)
-            e.index_copy_(0, rows, pr.add_(e.index_select(0, rows).sub_(pr).mul_(factor)))
+            e.index_copy_(0, rows, self._caught_up(e, last, rows, p.detach().index_select(0, rows), self.updates))
             last.index_fill_(0, rows, self.updates)
 
     @property
