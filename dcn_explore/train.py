@@ -578,9 +578,8 @@ def fit(
     tables = model.embedding.tables() if sparse else []
     table_ids = {id(p) for p in tables}
     dense_params = [p for p in model.parameters() if id(p) not in table_ids]
-    optimizers = [dense_adam(dense_params, cfg.lr)]
-    if tables:
-        optimizers.append(LazyAdam(tables, lr=cfg.lr))
+    lazy = LazyAdam(tables, lr=cfg.lr) if tables else None
+    optimizers = [dense_adam(dense_params, cfg.lr)] + ([lazy] if lazy is not None else [])
     n = len(tr)
     steps_per_epoch = n // cfg.batch_size if use_ddp else math.ceil(n / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
@@ -677,7 +676,7 @@ def fit(
                     for sc in scheds:
                         sc.step()
                 if ema is not None:
-                    ema.update(model, optimizers[-1].touched if tables else None)
+                    ema.update(model, lazy.touched if lazy is not None else None)
                 loss_sum += loss.detach().double() * b.label.shape[0]
                 seen += b.label.shape[0]
                 step += 1
