@@ -45,6 +45,10 @@ class CrossLayer(nn.Module):
         self.diag_scale = float(diag_scale)
         self.b = nn.Parameter(torch.zeros(d)) if bias else None
 
+    def _bias(self, pad: int = 0) -> torch.Tensor | None:
+        """``b``, with ``pad`` zeros after it (for inputs padded with zero columns)."""
+        return self.b if self.b is None or not pad else F.pad(self.b, (0, pad))
+
     def _finish(self, x0: torch.Tensor, xl: torch.Tensor, wx: torch.Tensor, bias_added: bool = False) -> torch.Tensor:
         # x_{l+1} = x0 ⊙ (W x_l + b + α x_l) + x_l; multiply and residual add fused in one addcmul
         if self.diag_scale:
@@ -75,8 +79,10 @@ class FullCross(CrossLayer):
         super().__init__(d, **kw)
         self.W = nn.Parameter(he_normal_(torch.empty(d, d), d))
 
-    def forward(self, x0: torch.Tensor, xl: torch.Tensor) -> torch.Tensor:
-        return self._finish(x0, xl, F.linear(xl, self.W, self.b), bias_added=True)  # W x_l + b in one addmm
+    def forward(self, x0: torch.Tensor, xl: torch.Tensor, pad: int = 0) -> torch.Tensor:
+        """``pad``: ``x0`` and ``x_l`` carry that many zero columns after ``d`` (``W`` is padded to match)."""
+        W = F.pad(self.W, (0, pad, 0, pad)) if pad else self.W
+        return self._finish(x0, xl, F.linear(xl, W, self._bias(pad)), bias_added=True)  # W x_l + b in one addmm
 
     def kernels(self):
         return [self.W]
@@ -99,8 +105,10 @@ class LowRankCross(CrossLayer):
         self.U = nn.Parameter(he_normal_(torch.empty(d, rank), rank))
         self.V = nn.Parameter(he_normal_(torch.empty(d, rank), d))
 
-    def forward(self, x0, xl):
-        return self._finish(x0, xl, F.linear(xl @ self.V, self.U, self.b), bias_added=True)
+    def forward(self, x0, xl, pad: int = 0):
+        """``pad``: as :meth:`FullCross.forward` (``U`` and ``V`` get zero rows)."""
+        U, V = (F.pad(self.U, (0, 0, 0, pad)), F.pad(self.V, (0, 0, 0, pad))) if pad else (self.U, self.V)
+        return self._finish(x0, xl, F.linear(xl @ V, U, self._bias(pad)), bias_added=True)
 
     def kernels(self):
         return [self.U, self.V]
@@ -226,11 +234,12 @@ class CrossNetwork(nn.Module):
                 layers.append(VectorCross(d, **kw))
         self.layers = nn.ModuleList(layers)
 
-    def forward(self, x0: torch.Tensor, return_states: bool = False):
+    def forward(self, x0: torch.Tensor, return_states: bool = False, pad: int = 0):
+        """``pad``: ``x0`` carries that many zero columns after ``d`` (full-rank and low-rank layers)."""
         xl = x0
         states = [x0]
         for layer in self.layers:
-            xl = layer(x0, xl)
+            xl = layer(x0, xl, pad) if pad else layer(x0, xl)
             if return_states:
                 states.append(xl)
         return (xl, states) if return_states else xl

@@ -46,8 +46,15 @@ class DeepNetwork(nn.Module):
         self.net = nn.Sequential(*mods)
         self.d_out = d_in
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.net(h)
+    def forward(self, h: torch.Tensor, pad: int = 0) -> torch.Tensor:
+        """``pad``: ``h`` carries that many zero columns (the first layer's weight is padded to match)."""
+        if not pad:
+            return self.net(h)
+        first, *rest = self.net
+        h = F.linear(h, F.pad(first.weight, (0, pad)), first.bias)
+        for mod in rest:
+            h = mod(h)
+        return h
 
     def flops(self) -> int:
         return sum(2 * m.in_features * m.out_features + 2 * m.out_features for m in self.net if isinstance(m, nn.Linear))
@@ -139,29 +146,16 @@ class DCNv2(nn.Module):
         1.52 ms, and paired ``dx.fit`` runs were 1.031x (full rank) and 1.022x (rank 64) faster, with
         the parameters after 20 steps equal bit for bit. The padded columns stay 0 through every cross
         layer (``x0``'s are 0), so the output and every gradient are the unpadded head's up to float
-        rounding; the cross network's output is cut back to ``d`` columns where the logit reads it."""
+        rounding; the cross network's output is cut back to ``d`` columns where the logit reads it.
+        Each layer pads its own parameters (the ``pad`` argument of the cross layers and the deep
+        network)."""
         d, structure = self.d, self.config.structure
-        x0 = F.pad(x0, (0, pad))
 
         def cross(x: torch.Tensor) -> torch.Tensor:
-            xl = x
-            for layer in self.cross.layers:
-                b = None if layer.b is None else F.pad(layer.b, (0, pad))
-                if layer.kind == "full":
-                    wx = F.linear(xl, F.pad(layer.W, (0, pad, 0, pad)), b)
-                else:
-                    wx = F.linear(xl @ F.pad(layer.V, (0, 0, 0, pad)), F.pad(layer.U, (0, 0, 0, pad)), b)
-                xl = layer._finish(x, xl, wx, bias_added=True)
+            xl = self.cross(x, pad=pad)
             return xl if structure == "stacked" else xl[..., :d]
 
-        def deep(h: torch.Tensor) -> torch.Tensor:
-            first, *rest = self.deep.net
-            h = F.linear(h, F.pad(first.weight, (0, pad)), first.bias)
-            for mod in rest:
-                h = mod(h)
-            return h
-
-        return self.logit(combine(structure, x0, cross, deep)).squeeze(-1)
+        return self.logit(combine(structure, F.pad(x0, (0, pad)), cross, lambda h: self.deep(h, pad))).squeeze(-1)
 
     def forward(self, categorical: torch.Tensor, multivalent: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(categorical, multivalent, dense))
