@@ -10,8 +10,21 @@ import torch
 
 import dcn_explore as dx
 from dcn_explore.data import planted_crosses
+from dcn_explore.model import onednn
 from dcn_explore.model.scoring import Scorer
 from dcn_explore.schema import FeatureSpec, Schema
+
+
+@pytest.fixture(autouse=True, params=["blas", "onednn"])
+def matmul(request, monkeypatch):
+    """Every test of this module runs with the BLAS products and with oneDNN's (``DCNX_CPU_MATMUL``
+    names one explicitly, so it applies at every width, whatever the CPU)."""
+    if request.param == "onednn" and onednn.onednn_unusable():
+        pytest.skip(f"oneDNN's products: {onednn.onednn_unusable()}")
+    monkeypatch.setenv(onednn.ENV, request.param)
+    onednn.cpu_matmul.cache_clear()
+    yield request.param
+    onednn.cpu_matmul.cache_clear()
 
 
 def _randomised(model: dx.DCNv2, seed: int = 0) -> dx.DCNv2:
@@ -32,7 +45,7 @@ def _reference(model: dx.DCNv2, data) -> torch.Tensor:
 @pytest.mark.parametrize("structure", ["stacked", "parallel", "cross_only", "deep_only"])
 @pytest.mark.parametrize("cross_residual,cross_bias,diag_scale",
                          [(True, True, 0.0), (False, True, 0.0), (True, False, 0.5), (False, False, 0.3)])
-def test_scorer_equals_the_forward(cross, structure, cross_residual, cross_bias, diag_scale):
+def test_scorer_equals_the_forward(cross, structure, cross_residual, cross_bias, diag_scale, matmul):
     ds = planted_crosses(n_samples=300, seed=1)
     cfg = dx.DCNConfig(structure=structure, cross_layers=3, deep_layers=(16, 8), embedding_dim=4,
                        cross_residual=cross_residual, cross_bias=cross_bias, diag_scale=diag_scale, **cross)
@@ -40,6 +53,7 @@ def test_scorer_equals_the_forward(cross, structure, cross_residual, cross_bias,
     # a low-rank layer's diagonal scale cannot ride in its factors: that model scores through its forward
     covered = structure == "deep_only" or cross["cross"] == "full" or not diag_scale
     assert (Scorer.build(model) is not None) == covered
+    assert not covered or Scorer.build(model).matmul == matmul
     # 300 rows in chunks of 128: the buffers are reused, the last chunk is shorter, and each
     # chunk's logits must survive the next chunk
     got = dx.predict(model, ds, batch_size=128)
@@ -63,8 +77,8 @@ def test_padding_columns_stay_zero_and_the_bias_column_stays_one(widths, d, P):
     x0 = model.embed(*ds.batch(slice(0, 64)).inputs())
     got = s(x0)
     assert torch.allclose(got, _reference(model, ds), rtol=1e-5, atol=1e-5)
-    assert torch.equal(s.x[:64, d], torch.ones(64))  # x_L's constant column
-    assert not s.x[:64, d + 1 :].any() and not s.x0[:64, d + 1 :].any()
+    assert torch.equal(s.xL[:64, d], torch.ones(64))  # x_L's constant column
+    assert not s.xL[:64, d + 1 :].any() and not s.x0[:64, d + 1 :].any()
 
 
 def test_float64_model_and_multivalent_features():
@@ -178,6 +192,7 @@ def test_predict_looks_up_in_groups_and_runs_the_layers_in_chunks(emb):
         warnings.simplefilter("error")  # a product into an out= buffer of the wrong size resizes it, with a warning
         got = s.score(*ds.batch(slice(0, 1800)).inputs(), chunk=300)
     assert torch.allclose(got, ref[:1800], rtol=1e-5, atol=1e-5)
-    assert s.x.shape[0] == 300  # the layers' buffers hold one chunk
+    if s.matmul == "blas":
+        assert s.x.shape[0] == 300  # the layers' buffers hold one chunk (oneDNN's products need none)
     assert s.x0.shape[0] == (1800 if emb == 4 else 300)  # x0 holds the whole lookup where it is written there
     assert s.score(*ds.batch(slice(0, 0)).inputs()).shape == (0,)

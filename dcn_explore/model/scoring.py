@@ -26,6 +26,12 @@ check ``1e-5`` on the logits):
   and runs the layers on ``batch_size`` rows at a time. Paired against the previous scorer on the
   Criteo-shaped models, batch 512: 1.05–1.06× (full rank), 1.13× (rank 64).
 - Buffers are allocated once per call and reused for every chunk.
+- Where :func:`~dcn_explore.model.onednn.cpu_matmul` chooses oneDNN (by default: AVX-512 CPUs,
+  ``P ≥ 256``; ``DCNX_CPU_MATMUL`` to choose), float32 models run their products through oneDNN with the kernels
+  reordered once for its kernel and the step after each product inside it (``x0 ⊙ (·)`` of a cross
+  layer, a deep layer's ReLU). Paired against the BLAS products on the Criteo-shaped models on a
+  2-core AMD EPYC (Zen 4), batch 512: 1.18–1.21× (full rank), 1.16–1.17× (rank 64), 1.17–1.21×
+  (deep only). The results agree to float rounding (about 1e-6 on logits of order 1).
 
 >>> from dcn_explore.data import planted_crosses
 >>> from dcn_explore.model import DCNConfig, DCNv2
@@ -43,8 +49,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .cross import FullCross, LowRankCross
 from .dcn import DCNv2
+from . import onednn
 
 
 class Scorer:
@@ -53,13 +61,18 @@ class Scorer:
 
     The padded kernels (cross layers, the first deep layer, the logit's cross part) are copies taken
     when the scorer is built; the later deep layers and the embedding table are read in place.
-    Build a new scorer after the weights change (:func:`~dcn_explore.predict` builds one per call)."""
+    Build a new scorer after the weights change (:func:`~dcn_explore.predict` builds one per call).
+
+    ``matmul``: ``"onednn"`` or ``"blas"`` for the products of a float32 model on the CPU (default:
+    :func:`~dcn_explore.model.onednn.cpu_matmul` of the padded width); other devices and dtypes
+    always use ``torch.mm``.
+    :attr:`matmul` says which one the scorer runs."""
 
     #: :func:`~dcn_explore.predict` looks up this many rows at a time (its ``batch_size`` rows at a
     #: time when that is more) and runs the layers on ``batch_size`` rows
     LOOKUP_ROWS = 2048
 
-    def __init__(self, model: DCNv2) -> None:
+    def __init__(self, model: DCNv2, matmul: str | None = None) -> None:
         cfg, d = model.config, model.d
         self.d, self.P = d, (d // 8 + 1) * 8
         self.structure = cfg.structure
@@ -84,10 +97,18 @@ class Scorer:
                 self.logit = (self._padded_in(wl[None], bl)[0], None, None)
             else:
                 self.logit = (None, wl, bl)
+        if matmul not in (None, "onednn", "blas"):
+            raise ConfigError(f"Scorer: matmul={matmul!r}; expected 'onednn', 'blas' or None")
+        on_cpu = self.device.type == "cpu" and self.dtype == torch.float32
+        self.matmul = (matmul or onednn.cpu_matmul(self.P)) if on_cpu else "blas"
+        if self.matmul == "onednn" and (why := onednn.onednn_unusable()) is not None:
+            raise ConfigError(f"Scorer: matmul='onednn': {why}")
+        with torch.no_grad():  # oneDNN's cross and deep products
+            self._packed = self._pack() if self.matmul == "onednn" else None
         self._x0_rows = self._rows = 0
 
     @classmethod
-    def build(cls, model: nn.Module) -> Scorer | None:
+    def build(cls, model: nn.Module, matmul: str | None = None) -> Scorer | None:
         """The scorer for ``model``, or ``None`` where it has parts this class does not cover
         (mixture and vector layers, low-rank layers with a diagonal scale)."""
         if not isinstance(model, DCNv2):
@@ -97,7 +118,7 @@ class Scorer:
             return None
         if model.deep is None and model.config.structure != "cross_only":
             return None
-        return cls(model)
+        return cls(model, matmul)
 
     def _slot_layout(self, model: DCNv2) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor] | None:
         """``(table, offsets, width, cols)`` where one lookup can write ``x0`` straight into the padded
@@ -153,7 +174,8 @@ class Scorer:
         return (K.t(),)
 
     def _buffers(self, rows: int, chunk: int) -> None:
-        """``x0`` (and the slots' ids) for ``rows`` rows, the layers' buffers for ``chunk`` rows."""
+        """``x0`` (and the slots' ids) for ``rows`` rows, the layers' buffers for ``chunk`` rows (the
+        BLAS products only)."""
         new = lambda *shape: torch.empty(*shape, dtype=self.dtype, device=self.device)  # noqa: E731
         if rows > self._x0_rows:
             self._x0_rows = rows
@@ -161,11 +183,21 @@ class Scorer:
             self.x0[:, self.d] = 1.0
             if self.slots is not None:  # ids of each row's slots; the slots after the id features read row 0
                 self.ids = torch.zeros(rows, self.P // self.slots[2], dtype=torch.long, device=self.device)
-        if chunk > self._rows:
+        if chunk > self._rows and self._packed is None:  # oneDNN's products return new tensors
             self._rows = chunk
             self.x, self.y = new(chunk, self.P), new(chunk, self.P)
             self.h = [new(chunk, Wt.shape[1]) for Wt, _ in self.deep]
             self.v = [new(chunk, k[0].shape[1]) if len(k) > 1 else None for k in self.cross]  # low rank: x V
+
+    def _pack(self) -> tuple[list, list]:
+        """The products as oneDNN's kernels read them: per cross layer ``(K,)`` (full rank, bias in
+        ``K``) or ``(Vᵀ, U)`` (low rank, the bias with ``U``), then the deep layers (the first one's
+        bias in its kernel). The reordered layout does not depend on the batch: a ``432 × 432``
+        kernel reordered for 100, 512 or 4,096 rows ran as fast on each of those batches."""
+        cross = [(onednn.PackedLinear(k[0].t()),) if len(k) == 1
+                 else (onednn.PackedLinear(k[0].t()), onednn.PackedLinear(k[1].t(), k[2]))
+                 for k in self.cross]
+        return cross, [onednn.PackedLinear(Wt.t(), b) for Wt, b in self.deep]
 
     @torch.no_grad()
     def __call__(self, x0: torch.Tensor) -> torch.Tensor:
@@ -200,7 +232,10 @@ class Scorer:
         return torch.cat([self._run(X0[i : i + chunk]) for i in range(0, n, chunk)])
 
     def _run(self, X0: torch.Tensor) -> torch.Tensor:
-        """Logits of the rows of ``X0`` (a view of the padded ``x0`` buffer, at most ``chunk`` rows)."""
+        """Logits of the rows of ``X0`` (a view of the padded ``x0`` buffer, at most ``chunk`` rows).
+        :attr:`xL` holds the cross network's output (``X0`` without cross layers) afterwards."""
+        if self._packed is not None:
+            return self._run_onednn(X0)
         n = X0.shape[0]
         X, Y = self.x[:n], self.y[:n]
         xl = X0
@@ -220,6 +255,22 @@ class Scorer:
             H = self.h[j][:n]
             (torch.mm(h, Wt, out=H) if b is None else torch.addmm(b, h, Wt, out=H)).relu_()
             h = H
+        return self._logit(xl, h)
+
+    def _run_onednn(self, X0: torch.Tensor) -> torch.Tensor:
+        """:meth:`_run` with oneDNN's products, ``x0 ⊙ (·)`` and the ReLUs inside them."""
+        cross, deep = self._packed
+        xl = X0
+        for i, kernels in enumerate(cross):
+            y = kernels[0](xl, mul=X0) if len(kernels) == 1 else kernels[1](kernels[0](xl), mul=X0)
+            xl = y if i == 0 or not self.residual else y.add_(xl)
+        h = X0 if self.structure in ("deep_only", "parallel") else xl
+        for lin in deep:
+            h = lin(h, relu=True)
+        return self._logit(xl, h)
+
+    def _logit(self, xl: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        self.xL = xl
         w_x, w_h, b = self.logit
         if w_x is None:
             return torch.addmv(b, h, w_h)
