@@ -9,6 +9,7 @@ PEERS=benchmarks/.peers-venv/bin/python
 .venv/bin/python benchmarks/synthetic.py
 $PEERS benchmarks/movielens_quality.py "$@"
 $PEERS benchmarks/speed.py
+.venv/bin/python benchmarks/scoring_matmul.py
 .venv/bin/python benchmarks/sweep_speed.py
 .venv/bin/python benchmarks/criteo_memory.py --clean
 .venv/bin/python benchmarks/results.py

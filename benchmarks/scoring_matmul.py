@@ -15,6 +15,7 @@ chooses here. Output: ``benchmarks/out/scoring_matmul.json``.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
             print(f"  {name:24s} d={r['d']:4d} chunk {chunk:6d}: BLAS {r['blas_ms']:8.2f} ms, oneDNN {r['onednn_ms']:8.2f} ms, "
                   f"per-round ratio {r['per_round_ratio']:.3f}; auto here: {r['auto']}", flush=True)
     meta = dict(command=" ".join(sys.argv), date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                machine=platform.processor() or platform.machine(), capability=torch.backends.cpu.get_cpu_capability(),
+                machine=f"{platform.platform()}, {os.cpu_count()} CPUs", capability=torch.backends.cpu.get_cpu_capability(),
                 torch=torch.__version__, threads=args.threads, rows=args.rows, rounds=args.rounds)
     write_json_atomic(Path(args.out), dict(meta=meta, rows=rows))
     print(f"wrote {args.out}")
