@@ -13,9 +13,9 @@ Which one, by ``DCNX_CPU_MATMUL``:
 - ``auto`` (default): oneDNN where PyTorch's CPU kernels run with AVX-512
   (``torch.backends.cpu.get_cpu_capability()``) and ``x0`` is at least :data:`AUTO_MIN_WIDTH`
   wide, the BLAS elsewhere. Measured on a 2-core AMD EPYC with AVX-512 (Zen 4), ``predict`` of the
-  Criteo-shaped models paired against the BLAS scorer (``benchmarks/scoring_matmul.py`` and two
-  runs of its prototype): full rank 1.18–1.31× at batch 512 and 1.10–1.31× at 16,384, rank 64
-  1.11–1.17× and 1.15–1.27×, deep only 1.16–1.21× and 1.23–1.34×. With oneDNN held to AVX2 on the
+  Criteo-shaped models paired against the BLAS scorer (two runs of ``benchmarks/scoring_matmul.py``
+  and two of its prototype): full rank 1.18–1.31× at batch 512 and 1.10–1.31× at 16,384, rank 64
+  1.11–1.17× and 1.09–1.27×, deep only 1.16–1.21× and 1.15–1.34×. With oneDNN held to AVX2 on the
   same machine (``ONEDNN_MAX_CPU_ISA=AVX2``) it was 1.06× (full rank) and 1.00× (rank 64), and on an AVX2-only
   Zen 3 machine a lone ``512 × 432 × 432`` product through oneDNN measured slower than MKL's
   (96–127 against 126–139 GFLOP/s), hence the BLAS there.
@@ -65,7 +65,7 @@ def onednn_unusable() -> str | None:
 
 #: under ``auto``, products over a padded width under this stay on the BLAS: on models of width
 #: 134 and 180 (MovieLens-100K, the planted crosses) oneDNN measured 0.93–1.36× the BLAS, slower for
-#: one-layer cross-only models at batch 512, against 1.10–1.34× at the Criteo shape's 432; below
+#: one-layer cross-only models at batch 512, against 1.09–1.34× at the Criteo shape's 432; below
 #: it the notebooks' and tests' models (widths 134 and 180) also keep the numerics they had
 AUTO_MIN_WIDTH = 256
 

@@ -31,7 +31,7 @@ check ``1e-5`` on the logits):
   reordered once for its kernel and the step after each product inside it (``x0 ⊙ (·)`` of a cross
   layer, a deep layer's ReLU). Paired against the BLAS products on the Criteo-shaped models on a
   2-core AMD EPYC (Zen 4), batch 512: 1.18–1.31× (full rank), 1.11–1.17× (rank 64), 1.16–1.21×
-  (deep only), three runs. The results agree to float rounding (about 1e-6 on logits of order 1).
+  (deep only), four runs. The results agree to float rounding (about 1e-6 on logits of order 1).
 
 >>> from dcn_explore.data import planted_crosses
 >>> from dcn_explore.model import DCNConfig, DCNv2
