@@ -7,8 +7,8 @@
 wide (``DCNX_CPU_MATMUL`` overrides it). This benchmark says whether that rule fits the machine it
 runs on: for two of the speed benchmark's Criteo-shaped models (full rank and rank 64; the mixture
 scores through its forward), a deep-only model of the same shape and a planted-crosses model
-(d = 180, under ``auto``'s width threshold), it scores the same rows with ``Scorer(model, matmul="blas")`` and ``matmul="onednn"`` in alternation,
-``--rounds`` times, and prints the medians and the median of the per-round ratios, with what ``auto``
+(d = 180, under ``auto``'s width threshold), it scores the same rows with
+``Scorer(model, matmul="blas")`` and ``matmul="onednn"`` in alternation, ``--rounds`` times, and prints the medians and the median of the per-round ratios, with what ``auto``
 chooses here. Output: ``benchmarks/out/scoring_matmul.json``.
 """
 
@@ -42,7 +42,7 @@ MODELS = {
 
 def score_ms(scorer: Scorer, inputs, chunk: int) -> float:
     """Milliseconds to score ``inputs`` as ``predict`` does: lookups for 2,048 rows, layers on ``chunk``."""
-    n, group = inputs[0].shape[0], chunk * max(1, Scorer.LOOKUP_ROWS // chunk)
+    n, group = inputs[0].shape[0], Scorer.lookup_group(chunk)
     t = time.perf_counter()
     for i in range(0, n, group):
         scorer.score(*(x[i : i + group] for x in inputs), chunk=chunk)
@@ -60,7 +60,7 @@ def pair(model: dx.DCNv2, inputs, chunk: int, rounds: int) -> dict:
             (blas if mm == "blas" else ours).append(run(mm))
     ratio = statistics.median(b / o for b, o in zip(blas, ours))
     return dict(blas_ms=statistics.median(blas), onednn_ms=statistics.median(ours), per_round_ratio=ratio,
-                auto=onednn.cpu_matmul(Scorer(model, matmul="blas").P))
+                auto=onednn.cpu_matmul(Scorer.padded_width(model.d)))
 
 
 def main(argv=None) -> int:

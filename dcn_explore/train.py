@@ -215,9 +215,8 @@ def predict(model: DCNv2, data: TabularData, batch_size: int = 16384, device: st
     model.eval()
     dtype = next(model.parameters()).dtype
     scorer = Scorer.build(model)  # None for the models it does not cover
-    # the scorer looks up Scorer.LOOKUP_ROWS rows at a time (or batch_size, if more) and runs the
-    # layers on batch_size rows at a time
-    group = batch_size * max(1, Scorer.LOOKUP_ROWS // batch_size) if scorer is not None else batch_size
+    # the scorer looks up lookup_group(batch_size) rows at a time, the layers run on batch_size rows
+    group = Scorer.lookup_group(batch_size) if scorer is not None else batch_size
     outs = []
     try:
         for i in range(0, len(data), group):

@@ -99,7 +99,6 @@ class PackedLinear:
     copy: later changes to ``weight`` are not seen."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, rows: int = 512) -> None:
-        self.out_features = weight.shape[0]
         self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), rows)
         self.bias = None if bias is None else bias.detach().contiguous()
 

@@ -27,8 +27,8 @@ check ``1e-5`` on the logits):
   Criteo-shaped models, batch 512: 1.05–1.06× (full rank), 1.13× (rank 64).
 - Buffers are allocated once per call and reused for every chunk.
 - Where :func:`~dcn_explore.model.onednn.cpu_matmul` chooses oneDNN (by default: AVX-512 CPUs,
-  ``P ≥ 256``; ``DCNX_CPU_MATMUL`` to choose), float32 models run their products through oneDNN with the kernels
-  reordered once for its kernel and the step after each product inside it (``x0 ⊙ (·)`` of a cross
+  ``P ≥ 256``; ``DCNX_CPU_MATMUL`` to choose), float32 models run their products through oneDNN,
+  the kernels reordered once for its kernel and the step after each product inside it (``x0 ⊙ (·)`` of a cross
   layer, a deep layer's ReLU). Paired against the BLAS products on the Criteo-shaped models on a
   2-core AMD EPYC (Zen 4), batch 512: 1.18–1.31× (full rank), 1.11–1.17× (rank 64), 1.16–1.21×
   (deep only), four runs. The results agree to float rounding (about 1e-6 on logits of order 1).
@@ -72,9 +72,21 @@ class Scorer:
     #: time when that is more) and runs the layers on ``batch_size`` rows
     LOOKUP_ROWS = 2048
 
+    @classmethod
+    def lookup_group(cls, batch_size: int) -> int:
+        """Rows looked up at a time when the layers run on ``batch_size`` rows: the multiple of
+        ``batch_size`` nearest :attr:`LOOKUP_ROWS` from below (``batch_size`` itself when larger)."""
+        return batch_size * max(1, cls.LOOKUP_ROWS // batch_size)
+
+    @staticmethod
+    def padded_width(d: int) -> int:
+        """``P``: ``x0``'s width ``d`` padded to the next multiple of 8 above it (room for the
+        constant-1 column)."""
+        return (d // 8 + 1) * 8
+
     def __init__(self, model: DCNv2, matmul: str | None = None) -> None:
         cfg, d = model.config, model.d
-        self.d, self.P = d, (d // 8 + 1) * 8
+        self.d, self.P = d, self.padded_width(d)
         self.structure = cfg.structure
         w = next(model.parameters())
         self.dtype, self.device = w.dtype, w.device
