@@ -4,6 +4,7 @@
     benchmarks/.peers-venv/bin/python benchmarks/speed.py            # CPU, 2 threads
     benchmarks/.peers-venv/bin/python benchmarks/speed.py --quick    # smoke run
     benchmarks/.peers-venv/bin/python benchmarks/speed.py --device cuda   # on a GPU machine
+    benchmarks/.peers-venv/bin/python benchmarks/speed.py --amp     # everyone trains under bf16 autocast
 
 Workload (the issue's): 13 dense + 26 categorical features, vocabularies 10..100,000 (log-spaced),
 embedding width 16 for every feature, batch 512; three models, each in every library that has it:
@@ -17,7 +18,9 @@ Every timed step gets a fresh batch (rows are never revisited, labels random wit
 no model memorises its batches (PEERS.md: memorised batches turn values denormal and slow the
 mixtures several-fold). A training step is what each library's user runs: ours is ``dx.fit`` with
 the default ``TrainConfig`` (Adam, L2 on cross kernels, clipping 10, EMA; row-sparse embedding
-updates chosen automatically for these 5M-parameter tables); peers run forward, mean BCE + their
+updates chosen automatically for these 5M-parameter tables; float32, ``amp=False``, unless ``--amp``,
+which trains ours with ``amp=True`` and runs the peers' forward under the same
+``torch.autocast(device, bfloat16)``, so that both sides of a ratio use one precision); peers run forward, mean BCE + their
 regularisation term, backward, clipping 10 and ``torch.optim.Adam``. Inference is the forward
 pass under ``torch.no_grad`` in batches of ``--infer-batch``. Libraries are measured in
 alternation, ``--rounds`` times each, after a warm-up; the table reports the median and the
@@ -90,7 +93,7 @@ class Ours:
 
 
 class Peer:
-    def __init__(self, name: str, schema, cfg: dict, device):
+    def __init__(self, name: str, schema, cfg: dict, device, amp: bool = False):
         from peers.models import PEERS, build_peer
 
         self.name, self.library = name, PEERS[name]["library"]
@@ -98,12 +101,16 @@ class Peer:
                                 experts=cfg.get("experts", 4), embedding_dim=16, l2=0.0, batch_size=512, seed=0).to(device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.device = device
+        self.amp = amp
 
     def train(self, data, batch: int) -> None:
         self.model.train()
         for i in range(0, len(data), batch):
             b = data.batch(slice(i, i + batch))
-            loss = F.binary_cross_entropy_with_logits(self.model(b.categorical, b.multivalent, b.dense), b.label)
+            # --amp: the forward under the same bf16 autocast as ours (TrainConfig(amp=True)), the loss in float32
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                logits = self.model(b.categorical, b.multivalent, b.dense)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), b.label)
             loss = loss + self.model.regularization_loss()
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -188,6 +195,9 @@ def main(argv=None) -> int:
     p.add_argument("--sparse", default="auto", choices=["auto", "on", "off"], help="ours: row-sparse embedding updates")
     p.add_argument("--no-ema", action="store_true", help="ours: train without the moving average")
     p.add_argument("--compile", action="store_true", help="ours: torch.compile the training forward")
+    p.add_argument("--amp", action="store_true",
+                   help="train everyone with bf16 autocast: ours with TrainConfig(amp=True), the peers' forward under "
+                        "torch.autocast(device, bfloat16); inference stays float32")
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--quick", action="store_true", help="2 rounds of 8 steps (smoke run)")
     p.add_argument("--out", default=str(Path(__file__).parent / "out" / "speed.json"))
@@ -198,10 +208,11 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     sparse = {"auto": "auto", "on": True, "off": False}[args.sparse]
     tc = dx.TrainConfig(epochs=1, batch_size=args.batch, progress=False, early_stopping=None, device=args.device,
-                        sparse_embeddings=sparse, ema_decay=None if args.no_ema else 0.9999, compile=args.compile)
+                        sparse_embeddings=sparse, ema_decay=None if args.no_ema else 0.9999, compile=args.compile,
+                        amp=bool(args.amp))
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads ({platform.processor() or platform.machine()})"
     print(f"device: {dev_name}; torch {torch.__version__}; batch {args.batch}, inference batch {args.infer_batch}, "
-          f"{args.steps} steps x {args.rounds} rounds per library")
+          f"{args.steps} steps x {args.rounds} rounds per library" + ("; training under bf16 autocast (--amp)" if args.amp else ""))
     results = []
     schema = criteo_shaped(10).schema
     for key in [m.strip() for m in args.models.split(",") if m.strip()]:
@@ -210,7 +221,7 @@ def main(argv=None) -> int:
         if not args.no_peers:
             for name in spec["peers"]:
                 try:
-                    libs.append(Peer(name, schema, spec["cfg"], device))
+                    libs.append(Peer(name, schema, spec["cfg"], device, amp=args.amp))
                 except Exception as e:  # a peer that does not build here is reported, not hidden
                     print(f"  {name}: not measured ({type(e).__name__}: {e})")
         per_round = args.steps * args.batch

@@ -34,7 +34,7 @@ run is kept: each member draws its own batches from its own seed, Adam and the m
 elementwise, gradient clipping uses each member's own norm, early stopping picks each member's own
 best epoch. The results match one-by-one training up to floating-point reordering (see
 ``tests/test_batched.py`` for the tolerance). Groups whose settings cannot be reproduced this way
-(row-sparse embeddings, dropout, the plateau schedule, an embedding L2 term) are trained one by one.
+(row-sparse embeddings, dropout, the plateau schedule, an embedding L2 term, ``amp=True``) are trained one by one.
 
 >>> import dcn_explore as dx
 >>> ds = dx.data.planted_crosses(n_samples=1200, seed=0)
@@ -80,7 +80,7 @@ def group_key(spec: dict) -> str:
 
 def can_batch(spec: dict, schema) -> bool:
     cfg, tc = spec["model"], spec["train"]
-    if cfg.deep_dropout or tc.lr_schedule == "plateau" or tc.compile or tc.embedding_l2:
+    if cfg.deep_dropout or tc.lr_schedule == "plateau" or tc.compile or tc.embedding_l2 or tc.amp is True:
         return False
     if tc.sparse_embeddings is True:
         return False

@@ -17,6 +17,7 @@ indexing tensors that live on the training device.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -56,7 +57,14 @@ class TrainConfig:
     - ``early_stopping``: stop after this many epochs without a validation-loss
       improvement (``None`` disables); the best weights are restored.
     - ``device``: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
-    - ``amp``: bf16 autocast; ``"auto"`` = on for CUDA, off on the CPU.
+    - ``amp``: bf16 autocast of the training forward (float32 models only; the weights, the optimizer,
+      the moving average and evaluation stay float32); ``"auto"`` = on for CUDA, off on the CPU;
+      ``True`` = on for either. On the CPU it pays off where the processor multiplies bf16 natively
+      (AVX512-BF16 or AMX; :func:`cpu_native_bf16`): on a 2-core Zen 4 host the Criteo-shaped
+      full-rank model's forward and backward took 1.5x less time (``benchmarks/speed.py --amp``);
+      elsewhere PyTorch emulates bf16, slower than float32. bf16 products round each factor to 8
+      significant bits: check the metric you care about (``benchmarks/amp_quality.py`` does so on
+      MovieLens-100K).
     - ``lr_schedule``: ``"constant"``, ``"plateau"`` (lr ×0.1 when validation loss stalls)
       or ``"cosine"`` (to 0 over all steps).
     - ``dtype``: ``"float32"`` or ``"float64"`` (for the high-precision polynomial fits).
@@ -177,6 +185,21 @@ class TrainResult:
     stopped_early: bool = False
     checkpoint: str | None = None
     summary: dict = field(default_factory=dict)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_native_bf16() -> bool:
+    """Whether this machine's CPU multiplies bf16 in hardware (x86 ``avx512_bf16`` or ``amx_bf16`` in
+    ``/proc/cpuinfo``, Linux; False where that cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -424,6 +447,26 @@ def _use_sparse(cfg: "TrainConfig", model: DCNv2) -> bool:
     return bool(cfg.sparse_embeddings)
 
 
+def l2_value(kernels: list[torch.Tensor]) -> torch.Tensor:
+    """``Σ_k ‖k‖²`` (no gradient): one foreach pass."""
+    with torch.no_grad():
+        return torch.stack(torch._foreach_norm(kernels)).square().sum()
+
+
+@torch.no_grad()
+def add_l2_gradient(kernels: list[torch.nn.Parameter], l2: float) -> None:
+    """Add the gradient ``2 λ k`` of ``λ Σ_k ‖k‖²`` to each kernel's ``.grad`` (after the backward of
+    the loss without that term): one foreach pass, where autograd's graph of the term took a
+    square, a sum and their backward per kernel and an accumulation into ``.grad``."""
+    grads = [k.grad for k in kernels]
+    if any(g is None for g in grads):
+        for k in kernels:
+            if k.grad is None:
+                k.grad = torch.zeros_like(k)
+        grads = [k.grad for k in kernels]
+    torch._foreach_add_(grads, list(kernels), alpha=2.0 * l2)
+
+
 @torch.no_grad()
 def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
     """Clip by the global 2-norm of all gradients, row-sparse ones included (coalesced in place).
@@ -565,7 +608,9 @@ def fit(
             device = dist_mod.local_device()
     main_process = rank == 0
     dtype = DTYPES[cfg.dtype]
-    use_amp = device.type == "cuda" and (cfg.amp is True or cfg.amp == "auto") and dtype == torch.float32
+    use_amp = dtype == torch.float32 and (cfg.amp is True or (cfg.amp == "auto" and device.type == "cuda"))
+    if use_amp and device.type not in ("cuda", "cpu"):
+        raise ConfigError(f"TrainConfig.amp=True: bf16 autocast runs on 'cuda' or 'cpu', not on {device.type!r}; set amp='auto' or False")
     seed_everything(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model.to(device=device, dtype=dtype)
@@ -633,7 +678,7 @@ def fit(
     last_good: dict = {}
     step, bad_epochs, stopped_early = 0, 0, False
     start = time.perf_counter()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else torch.autocast("cpu", enabled=False)
+    autocast = torch.autocast(device.type if use_amp else "cpu", dtype=torch.bfloat16, enabled=use_amp)
     try:
         for epoch in range(1, cfg.epochs + 1):
             model.train()
@@ -645,17 +690,20 @@ def fit(
                 with autocast:
                     out = train_forward(b.categorical, b.multivalent, b.dense.to(dtype))
                 loss = _loss(out.to(dtype), b.label.to(dtype), task)
-                total = loss + cfg.l2 * sum(k.pow(2).sum() for k in kernels) if kernels else loss
+                total = loss
                 if emb_tables:
                     total = total + cfg.embedding_l2 * sum(t.pow(2).sum() for t in emb_tables)
-                finite = bool(torch.isfinite(total))
+                # the cross kernels' L2 term λ Σ‖W‖² enters the backward as its gradient 2λW, added after
+                # it (add_l2_gradient), and the divergence check as its value
+                checked = total.detach() + cfg.l2 * l2_value(kernels) if kernels else total
+                finite = bool(torch.isfinite(checked))
                 if use_ddp:
                     finite = dist_mod.all_true(finite, device)
                 if not finite:
                     if best["state"] is not None:
                         model.load_state_dict(best["state"])
                     raise TrainingDivergedError(
-                        f"training loss became {float(total.detach())} at step {step + 1} (epoch {epoch}, batch {bi + 1}); "
+                        f"training loss became {float(checked)} at step {step + 1} (epoch {epoch}, batch {bi + 1}); "
                         f"last good metrics: {last_good or 'none (diverged in the first epoch)'}; "
                         + ("the model holds the best weights so far" if best["state"] is not None else "no good weights to restore")
                         + (f"; checkpoint {cfg.checkpoint} was not touched" if cfg.checkpoint else "")
@@ -663,6 +711,8 @@ def fit(
                 for o in optimizers:
                     o.zero_grad(set_to_none=True)
                 total.backward()
+                if kernels:
+                    add_l2_gradient(kernels, cfg.l2)
                 if cfg.clip_norm is not None:
                     clip_gradients(params, cfg.clip_norm)
                 elif sparse:
@@ -744,5 +794,5 @@ def fit(
         config=cfg,
         stopped_early=stopped_early,
         checkpoint=str(Path(cfg.checkpoint)) if cfg.checkpoint else None,
-        summary=dict(model.summary(), sparse_embeddings=sparse, processes=world),
+        summary=dict(model.summary(), sparse_embeddings=sparse, processes=world, amp=use_amp),
     )

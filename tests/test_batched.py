@@ -44,6 +44,7 @@ def test_grouping_rules(data):
     assert all(can_batch(s, data.schema) for s in specs)
     assert not can_batch(expand(base, {}, dx.TrainConfig(lr_schedule="plateau"), 1)[0], data.schema)
     assert not can_batch(expand(base.replace(deep_dropout=0.1), {}, dx.TrainConfig(), 1)[0], data.schema)
+    assert not can_batch(expand(base, {}, dx.TrainConfig(amp=True), 1)[0], data.schema)  # bf16 autocast: one by one
 
 
 def test_batched_sweep_resumes_and_reuses(data, tmp_path):

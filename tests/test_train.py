@@ -263,3 +263,63 @@ def test_float64_training_for_precise_fits():
     dx.fit(m, ds, None, dx.TrainConfig(epochs=1, dtype="float64", progress=False))
     assert m.cross.layers[0].W.dtype == torch.float64
     assert math.isfinite(dx.evaluate(m, ds)["rmse"])
+
+
+def test_l2_gradient_added_after_the_backward_equals_autograd_of_the_penalty(parts):
+    from dcn_explore.train import _loss, add_l2_gradient, l2_value
+
+    train, _, _ = parts
+    lam = 0.3
+    grads = []
+    for after in (False, True):
+        m = _model(train.schema, cross="low_rank", rank=4, cross_layers=2)
+        b = train.batch(slice(0, 256))
+        loss = _loss(m(*b.inputs()), b.label, "binary")
+        kernels = m.cross_kernels()
+        if after:
+            loss.backward()
+            add_l2_gradient(kernels, lam)
+            assert float(l2_value(kernels)) == pytest.approx(sum(float(k.detach().pow(2).sum()) for k in kernels), rel=1e-6)
+        else:
+            (loss + lam * sum(k.pow(2).sum() for k in kernels)).backward()
+        grads.append([k.grad.clone() for k in kernels])
+    assert len(grads[0]) == 4
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+        assert float(b.abs().max()) > 0
+
+
+def test_amp_on_the_cpu_trains_under_bf16_autocast_and_keeps_float32_weights(parts):
+    train, val, _ = parts
+    seen = []
+    results = {}
+    for amp in ("auto", True):
+        m = _model(train.schema, cross_layers=2)
+        hook = m.logit.register_forward_hook(lambda mod, inp, out: seen.append((mod.training, out.dtype)))
+        r = dx.fit(m, train, val, dx.TrainConfig(**FAST, device="cpu", amp=amp, seed=1))
+        hook.remove()
+        results[amp] = (r, m)
+        assert r.summary["amp"] is (amp is True)
+        assert all(p.dtype == torch.float32 for p in m.parameters())
+        assert dx.predict(m, val).dtype == torch.float32
+    # training forwards ran in bf16 only with amp=True; evaluation stayed float32 either way
+    train_dtypes = [dt for training, dt in seen if training]
+    assert torch.bfloat16 in train_dtypes and torch.float32 in train_dtypes
+    assert all(dt == torch.float32 for training, dt in seen if not training)
+    (r32, m32), (r16, m16) = results["auto"], results[True]
+    assert not torch.equal(m32.cross.layers[0].W, m16.cross.layers[0].W)
+    assert r16.best_metrics["val_logloss"] == pytest.approx(r32.best_metrics["val_logloss"], abs=0.02)
+    # float64 models are never autocast
+    m = _model(train.schema)
+    r = dx.fit(m, train, None, dx.TrainConfig(epochs=1, progress=False, device="cpu", amp=True, dtype="float64", max_steps=2))
+    assert r.summary["amp"] is False
+
+
+def test_cpu_native_bf16_reads_the_cpu_flags():
+    from dcn_explore.train import cpu_native_bf16
+
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        flags = []
+    assert cpu_native_bf16() is bool({"avx512_bf16", "amx_bf16"} & set(flags))
