@@ -139,11 +139,20 @@ def _movielens_recheck(full: dict) -> str:
 
 
 def speed() -> str:
-    d = _load("speed")
-    title = "## Speed: Criteo-shaped workload, ours against the peers in the same run\n"
+    return _speed("speed", "## Speed: Criteo-shaped workload, ours against the peers in the same run\n", "benchmarks/speed.py")
+
+
+def speed_amp() -> str:
+    return _speed("speed_amp", "## Speed under bf16 autocast: ours and the peers all train in bf16, in the same run\n",
+                  "benchmarks/speed.py --amp --out benchmarks/out/speed_amp.json")
+
+
+def _speed(name: str, title: str, how: str) -> str:
+    d = _load(name)
     if d is None:
-        return title + "\nNot run: `benchmarks/.peers-venv/bin/python benchmarks/speed.py`.\n"
-    s = [title, _meta(d), f"- device: {d['device']}; settings: {json.dumps({k: d['settings'][k] for k in ('batch', 'infer_batch', 'steps', 'rounds', 'threads', 'sparse')})}\n"]
+        return title + f"\nNot run: `benchmarks/.peers-venv/bin/python {how}`.\n"
+    keys = ("batch", "infer_batch", "steps", "rounds", "threads", "sparse", "amp")
+    s = [title, _meta(d), f"- device: {d['device']}; settings: {json.dumps({k: d['settings'][k] for k in keys if k in d['settings']})}\n"]
     s.append(_table(["model", "library / model", "params", "train ex/s median (min..max)", "inference ex/s median (min..max)"],
                     [[r["model"], r["name"], f"{r['params']:,}", f"{r['train_median']:,.0f} ({r['train_min']:,.0f}..{r['train_max']:,.0f})",
                       f"{r['infer_median']:,.0f} ({r['infer_min']:,.0f}..{r['infer_max']:,.0f})"] for r in d["rows"]]))
@@ -206,8 +215,27 @@ def scoring_matmul() -> str:
                                                  "per-round ratio (BLAS / oneDNN)", "auto chooses"], rows) + "\n")
 
 
-SECTIONS = {"synthetic": synthetic, "movielens": movielens, "speed": speed, "sweep_speed": sweep_speed,
-            "scoring_matmul": scoring_matmul, "criteo_memory": criteo_memory}
+def amp_quality() -> str:
+    d = _load("amp_quality")
+    title = "## bf16 autocast and quality: MovieLens-100K, float32 against `amp=True`\n"
+    if d is None:
+        return title + "\nNot run: `.venv/bin/python benchmarks/amp_quality.py`.\n"
+    m = d["machine"]
+    head = (f"- command: `{d['command']}`\n- date: {d['date']}\n- machine: {m['platform']}, {m['processor']}, "
+            f"{m['torch_threads']} threads, native bf16: {m['cpu_native_bf16']}\n- versions: "
+            + ", ".join(f"{k} {v}" for k, v in d["versions"].items()) + f"\n- seeds: {d['settings']['seeds']}\n")
+    rows = []
+    for r in d["summary"]:
+        for metric in ("test_logloss", "test_auc"):
+            v = r[metric]
+            rows.append([r["model"], metric, f"{v['fp32_mean']:.4f} ± {v['fp32_std']:.4f}", f"{v['amp_mean']:.4f} ± {v['amp_std']:.4f}",
+                         f"{v['mean_diff']:+.4f}", f"{v['mean_diff_in_fp32_std']:+.2f}"])
+    return (title + "\n" + head + "\n" + _table(["model", "metric", "float32 mean ± std", "amp mean ± std", "amp − float32 (mean of per-seed)",
+                                                 "in float32 seed std"], rows) + "\n")
+
+
+SECTIONS = {"synthetic": synthetic, "movielens": movielens, "speed": speed, "speed_amp": speed_amp, "amp_quality": amp_quality,
+            "sweep_speed": sweep_speed, "scoring_matmul": scoring_matmul, "criteo_memory": criteo_memory}
 
 
 def _existing_sections(text: str) -> dict[str, str]:
