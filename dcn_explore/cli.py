@@ -58,6 +58,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--l2", type=float, default=d.l2)
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--device", default=d.device)
+    g.add_argument("--amp", default="auto", choices=["auto", "on", "off"],
+                   help="bf16 autocast of the training forward: auto = on for CUDA only; on = on the CPU too "
+                        "(fast where the CPU has native bf16) (default: %(default)s)")
     g.add_argument("--no-progress", action="store_true")
 
 
@@ -92,7 +95,8 @@ def _train_config(args, **extra):
     from .train import TrainConfig
 
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, l2=args.l2, seed=args.seed,
-                       device=args.device, progress=not args.no_progress, **extra)
+                       device=args.device, amp={"auto": "auto", "on": True, "off": False}[args.amp],
+                       progress=not args.no_progress, **extra)
 
 
 def _print_table(df, floatfmt: str = "{:.4f}") -> None:
@@ -187,7 +191,7 @@ def cmd_train(args) -> int:
         print("test:", {k: round(v, 5) for k, v in metrics.items()})
         write_text_atomic(out / "history.csv", result.history.to_csv(index=False))
         write_json_atomic(out / "metrics.json", {"test": metrics, "model": model.summary(), "train_time_s": result.train_time_s,
-                                                 "processes": result.summary.get("processes", 1)})
+                                                 "processes": result.summary.get("processes", 1), "amp": result.summary.get("amp", False)})
         print(f"wrote {out / 'model.pt'}, {out / 'history.csv'}, {out / 'metrics.json'}")
         return 0
     finally:

@@ -37,6 +37,18 @@ def test_train_then_crosses_from_the_checkpoint(tmp_path, capsys):
     assert "user_id" in capsys.readouterr().out
 
 
+def test_train_with_amp_on_the_cpu_records_it(tmp_path, capsys):
+    for flag, used in (("on", True), ("auto", False)):
+        out = tmp_path / flag
+        rc = main(["train", "--out", str(out), "--data", "planted", "--samples", "2000", "--cross-layers", "1",
+                   "--deep-layers", "16", "--epochs", "1", "--device", "cpu", "--amp", flag, "--no-progress"])
+        assert rc == 0
+        assert json.loads((out / "metrics.json").read_text())["amp"] is used
+    with pytest.raises(SystemExit):
+        main(["train", "--out", str(tmp_path / "x"), "--amp", "maybe"])
+    assert "--amp: invalid choice: 'maybe'" in capsys.readouterr().err
+
+
 def test_csv_source(tmp_path, capsys):
     df = pd.DataFrame({"a": list("xyzxyzxyzx") * 30, "p": range(300), "y": [0, 1, 1] * 100})
     f = tmp_path / "d.csv"
