@@ -33,7 +33,9 @@ gradients, so they stay zero and each member computes exactly its own ``U Vᵀ``
 run is kept: each member draws its own batches from its own seed, Adam and the moving average are
 elementwise, gradient clipping uses each member's own norm, early stopping picks each member's own
 best epoch. The results match one-by-one training up to floating-point reordering (see
-``tests/test_batched.py`` for the tolerance). Groups whose settings cannot be reproduced this way
+``tests/test_batched.py`` for the tolerance). The batched engines train in float32: on CUDA, where
+``amp="auto"`` autocasts one-by-one runs to bf16, the two agree only up to bf16 rounding (not
+measured: no GPU was available when this was written). Groups whose settings cannot be reproduced this way
 (row-sparse embeddings, dropout, the plateau schedule, an embedding L2 term, ``amp=True``) are trained one by one.
 
 >>> import dcn_explore as dx
