@@ -15,6 +15,7 @@ the median wall time of a fit. Output: ``benchmarks/out/amp_quality.json``.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -92,7 +93,7 @@ def main(argv=None) -> int:
     write_json_atomic(args.out, {
         "command": " ".join(["benchmarks/amp_quality.py", *(argv if argv is not None else sys.argv[1:])]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                     "torch_threads": torch.get_num_threads(), "cpu_native_bf16": cpu_native_bf16()},
         "versions": {"torch": torch.__version__, "dcn_explore": dx.__version__},
         "settings": vars(args), "summary": summary, "rows": rows})

@@ -221,9 +221,7 @@ def amp_quality() -> str:
     if d is None:
         return title + "\nNot run: `.venv/bin/python benchmarks/amp_quality.py`.\n"
     m = d["machine"]
-    head = (f"- command: `{d['command']}`\n- date: {d['date']}\n- machine: {m['platform']}, {m['processor']}, "
-            f"{m['torch_threads']} threads, native bf16: {m['cpu_native_bf16']}\n- versions: "
-            + ", ".join(f"{k} {v}" for k, v in d["versions"].items()) + f"\n- seeds: {d['settings']['seeds']}\n")
+    head = _meta(d) + f"- {m['torch_threads']} threads, native bf16: {m['cpu_native_bf16']}; seeds: {d['settings']['seeds']}\n"
     rows = []
     for r in d["summary"]:
         for metric in ("test_logloss", "test_auc"):

@@ -60,10 +60,13 @@ class TrainConfig:
     - ``amp``: bf16 autocast of the training forward (float32 models only; the weights, the optimizer,
       the moving average and evaluation stay float32); ``"auto"`` = on for CUDA, off on the CPU;
       ``True`` = on for either. On the CPU it pays off where the processor multiplies bf16 natively
-      (AVX512-BF16 or AMX; :func:`cpu_native_bf16`): on a 2-core Zen 4 host the Criteo-shaped
-      full-rank model's forward and backward took 1.5x less time (``benchmarks/speed.py --amp``);
-      elsewhere PyTorch emulates bf16, slower than float32. bf16 products round each factor to 8
-      significant bits: check the metric you care about (``benchmarks/amp_quality.py`` does so on
+      (AVX512-BF16 or AMX; :func:`cpu_native_bf16`): on a 2-core Zen 4 host ``dx.fit`` on the
+      Criteo-shaped full-rank model was 1.47x faster in a paired A/B, and ``benchmarks/speed.py
+      --amp`` measured 22.3-22.9k training examples/s against float32's 15.4-16.2k; on the small
+      MovieLens-100K models of ``benchmarks/amp_quality.py``, where the products are a small part of
+      a step, it was no faster (median fits 6.5 s against 6.4 s, 6.3 s against 4.9 s, 4.2 s against
+      3.5 s). Elsewhere PyTorch emulates bf16, slower than float32. bf16 products round each factor
+      to 8 significant bits: check the metric you care about (``benchmarks/amp_quality.py`` does so on
       MovieLens-100K).
     - ``lr_schedule``: ``"constant"``, ``"plateau"`` (lr ×0.1 when validation loss stalls)
       or ``"cosine"`` (to 0 over all steps).
@@ -458,13 +461,10 @@ def add_l2_gradient(kernels: list[torch.nn.Parameter], l2: float) -> None:
     """Add the gradient ``2 λ k`` of ``λ Σ_k ‖k‖²`` to each kernel's ``.grad`` (after the backward of
     the loss without that term): one foreach pass, where autograd's graph of the term took a
     square, a sum and their backward per kernel and an accumulation into ``.grad``."""
-    grads = [k.grad for k in kernels]
-    if any(g is None for g in grads):
-        for k in kernels:
-            if k.grad is None:
-                k.grad = torch.zeros_like(k)
-        grads = [k.grad for k in kernels]
-    torch._foreach_add_(grads, list(kernels), alpha=2.0 * l2)
+    for k in kernels:
+        if k.grad is None:
+            k.grad = torch.zeros_like(k)
+    torch._foreach_add_([k.grad for k in kernels], list(kernels), alpha=2.0 * l2)
 
 
 @torch.no_grad()
