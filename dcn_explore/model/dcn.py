@@ -25,6 +25,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..schema import Schema
 from .config import DCNConfig
+from . import fused
 from .cross import CrossNetwork, he_normal_
 from .embedding import FeatureEmbedding
 
@@ -150,12 +151,16 @@ class DCNv2(nn.Module):
         Each layer pads its own parameters (the ``pad`` argument of the cross layers and the deep
         network)."""
         d, structure = self.d, self.config.structure
+        # full-rank cross layers with bias and residual: one autograd node, the bias in a padding column
+        # of ones (fused.py); the deep network's padded weight columns are 0, so it ignores the padding
+        stack = self.cross is not None and fused.ENABLED and fused.usable(self.cross.layers, x0)
 
         def cross(x: torch.Tensor) -> torch.Tensor:
-            xl = self.cross(x, pad=pad)
+            xl = fused.full_cross_stack(self.cross.layers, x, d) if stack else self.cross(x, pad=pad)
             return xl if structure == "stacked" else xl[..., :d]
 
-        return self.logit(combine(structure, F.pad(x0, (0, pad)), cross, lambda h: self.deep(h, pad))).squeeze(-1)
+        x = F.pad(x0, (0, pad), value=1.0 if stack else 0.0)
+        return self.logit(combine(structure, x, cross, lambda h: self.deep(h, pad))).squeeze(-1)
 
     def forward(self, categorical: torch.Tensor, multivalent: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(categorical, multivalent, dense))

@@ -1,0 +1,134 @@
+"""The full-rank cross stack's one-node training path (dcn_explore/model/fused.py): when it is taken,
+that it gives autograd's gradients, and that it fails loudly rather than silently when misused."""
+
+import pytest
+import torch
+
+import dcn_explore as dx
+from dcn_explore.model import fused
+from dcn_explore.schema import FeatureSpec, Schema
+
+
+def _schema() -> Schema:
+    """d = 16 x 16 + 5 = 261 (>= TRAIN_PAD_MIN_D, not a multiple of 8)."""
+    feats = [FeatureSpec(f"x{i}", "dense") for i in range(5)]
+    return Schema(feats + [FeatureSpec(f"c{i}", "categorical", vocab_size=20 + i, embedding_dim=16) for i in range(16)])
+
+
+def _model(dtype=torch.float32, **extra) -> dx.DCNv2:
+    m = dx.DCNv2(_schema(), dx.DCNConfig(cross="full", cross_layers=3, deep_layers=(32,), **extra), seed=0).to(dtype)
+    with torch.no_grad():
+        for L in m.cross.layers:
+            if L.b is not None:
+                L.b.normal_(0.0, 0.1)
+    return m.train()
+
+
+def _grads(m, x0, upstream, enabled: bool, monkeypatch) -> list[torch.Tensor]:
+    monkeypatch.setattr(fused, "ENABLED", enabled)
+    x = x0.clone().requires_grad_(True)
+    m.zero_grad(set_to_none=True)
+    out = m.head(x)
+    out.backward(upstream)
+    return [out.detach(), x.grad] + [p.grad for n, p in m.named_parameters() if not n.startswith("embedding")]
+
+
+def _calls(monkeypatch) -> list[int]:
+    calls = []
+    real = fused._FullCrossStack.apply
+    monkeypatch.setattr(fused._FullCrossStack, "apply", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+@pytest.mark.parametrize("structure", ["stacked", "parallel", "cross_only"])
+def test_fused_stack_gives_autograds_output_and_gradients_in_float64(structure, monkeypatch):
+    m = _model(torch.float64, structure=structure)
+    x0 = torch.randn(32, m.d, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    up = torch.randn(32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    calls = _calls(monkeypatch)
+    got = _grads(m, x0, up, True, monkeypatch)
+    assert len(calls) == 1  # the fused node was used
+    want = _grads(m, x0, up, False, monkeypatch)
+    assert len(calls) == 1  # and not when switched off
+    n_params = 2 * 3 + 2 + (2 if structure != "cross_only" else 0)  # cross W, b; logit; the deep layer
+    assert len(got) == len(want) == 2 + n_params
+    for a, b in zip(got, want):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("extra", [{"cross_bias": False}, {"cross_residual": False}, {"diag_scale": 0.5}])
+def test_other_full_rank_layers_take_the_plain_graph(extra, monkeypatch):
+    m = _model(**extra)
+    calls = _calls(monkeypatch)
+    m.head(torch.randn(8, m.d)).sum().backward()
+    assert calls == [] and m.train_pad() == 3  # padded, but through the layers' own forward
+
+
+def test_autocast_and_no_grad_take_the_plain_graph(monkeypatch):
+    m = _model()
+    calls = _calls(monkeypatch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        m.head(torch.randn(8, m.d)).float().sum().backward()
+    with torch.no_grad():
+        m.head(torch.randn(8, m.d))
+    assert calls == []
+    m.head(torch.randn(8, m.d)).sum().backward()
+    assert calls == [1]
+
+
+def test_an_optimizer_step_between_forward_and_backward_raises():
+    """The padded kernels are a reused buffer; saving W and b makes autograd's version check guard it."""
+    m = _model()
+    out = m.head(torch.randn(8, m.d))
+    with torch.no_grad():
+        m.cross.layers[1].W.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+def test_two_forwards_before_their_backwards_and_a_dtype_change(monkeypatch):
+    """Each forward rewrites the layers' buffers with the same W and b, so both graphs stay right; a model
+    moved to float64 gets new buffers of that dtype."""
+    m = _model()
+    xa, xb = torch.randn(8, m.d), torch.randn(8, m.d)
+    oa, ob = m.head(xa), m.head(xb)
+    (oa.sum() + 2 * ob.sum()).backward()
+    got = [p.grad.clone() for p in m.cross.parameters()]
+    monkeypatch.setattr(fused, "ENABLED", False)
+    m.zero_grad(set_to_none=True)
+    (m.head(xa).sum() + 2 * m.head(xb).sum()).backward()
+    for a, b in zip(got, [p.grad for p in m.cross.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(fused, "ENABLED", True)
+    m.double()
+    out = m.head(torch.randn(8, m.d, dtype=torch.float64))
+    assert out.dtype == torch.float64 and m.cross.layers[0]._padded_kernel_buffer.dtype == torch.float64
+    out.sum().backward()
+
+
+def test_the_stack_needs_a_padding_column():
+    m = _model()
+    with pytest.raises(ValueError, match="expected more than d=261"):
+        fused.full_cross_stack(m.cross.layers, torch.randn(4, m.d), m.d)
+
+
+def test_fit_with_the_fused_stack_matches_the_plain_graph(monkeypatch):
+    """20 dx.fit steps (Adam, L2 on the kernels, clipping, EMA, row-sparse tables): every parameter agrees
+    with the plain graph's run up to float rounding."""
+    schema, n = _schema(), 20 * 64
+    g = torch.Generator().manual_seed(0)
+    data = dx.data.TabularData(
+        schema, categorical=torch.stack([torch.randint(0, 20 + i, (n,), generator=g) for i in range(16)], 1),
+        dense=torch.randn(n, 5, generator=g), label=(torch.rand(n, generator=g) < 0.3).float())
+    tc = dx.TrainConfig(epochs=1, batch_size=64, progress=False, early_stopping=None, l2=1e-3)
+    runs = []
+    for enabled in (True, False):
+        monkeypatch.setattr(fused, "ENABLED", enabled)
+        m = dx.DCNv2(schema, dx.DCNConfig(cross="full", cross_layers=3, deep_layers=(32,)), seed=0)
+        calls = _calls(monkeypatch)
+        dx.fit(m, data, None, tc)
+        assert len(calls) == (20 if enabled else 0)
+        runs.append(dict(m.named_parameters()))
+    for name, p in runs[0].items():
+        torch.testing.assert_close(p, runs[1][name], rtol=1e-4, atol=1e-5, msg=name)
