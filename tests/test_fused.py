@@ -16,11 +16,14 @@ def _schema() -> Schema:
 
 
 def _model(dtype=torch.float32, **extra) -> dx.DCNv2:
-    m = dx.DCNv2(_schema(), dx.DCNConfig(cross="full", cross_layers=3, deep_layers=(32,), **extra), seed=0).to(dtype)
+    """Three full-rank layers on a (32,) deep network unless ``extra`` says otherwise; biases not zero,
+    so that one in the wrong place would show."""
+    m = dx.DCNv2(_schema(), dx.DCNConfig(**{"cross": "full", "cross_layers": 3, "deep_layers": (32,), **extra}), seed=0)
+    m = m.to(dtype)
     with torch.no_grad():
-        for L in m.cross.layers:
-            if L.b is not None:
-                L.b.normal_(0.0, 0.1)
+        for name, p in m.named_parameters():
+            if name.endswith(".b") or name.endswith(".bias"):
+                p.normal_(0.0, 0.1)
     return m.train()
 
 
@@ -98,8 +101,8 @@ def test_two_forwards_before_their_backwards_and_a_dtype_change(monkeypatch):
     monkeypatch.setattr(fused, "ENABLED", False)
     m.zero_grad(set_to_none=True)
     (m.head(xa).sum() + 2 * m.head(xb).sum()).backward()
-    for a, b in zip(got, [p.grad for p in m.cross.parameters()]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(got, [p.grad for p in m.cross.parameters()]):  # float rounding (oneDNN or BLAS products)
+        assert float((a - b).abs().max()) <= 1e-5 * float(b.abs().max())
     monkeypatch.setattr(fused, "ENABLED", True)
     m.double()
     out = m.head(torch.randn(8, m.d, dtype=torch.float64))
@@ -132,3 +135,43 @@ def test_fit_with_the_fused_stack_matches_the_plain_graph(monkeypatch):
         runs.append(dict(m.named_parameters()))
     for name, p in runs[0].items():
         torch.testing.assert_close(p, runs[1][name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("backend", ["blas", "onednn"])
+@pytest.mark.parametrize("structure", ["stacked", "parallel", "deep_only"])
+def test_float32_products_on_either_backend_give_the_plain_graphs_gradients(structure, backend, monkeypatch):
+    """float32 on the CPU: the fused nodes' products go through oneDNN's linear where
+    ``onednn.cpu_matmul`` picks it (AVX-512 hosts) and the BLAS elsewhere; both agree with the plain graph
+    up to float rounding."""
+    from dcn_explore.model import onednn
+
+    if backend == "onednn" and onednn.onednn_unusable():
+        pytest.skip(onednn.onednn_unusable())
+    monkeypatch.setattr(onednn, "cpu_matmul", lambda width=0: backend)
+    m = _model(structure=structure, deep_layers=(48, 24))
+    x0 = torch.randn(64, m.d, generator=torch.Generator().manual_seed(0))
+    up = torch.randn(64, generator=torch.Generator().manual_seed(1))
+    seen = []
+    real = fused.products
+    monkeypatch.setattr(fused, "products", lambda x: seen.append(real(x)[0].__name__) or real(x))
+    got = _grads(m, x0, up, True, monkeypatch)
+    assert seen and set(seen) == {"_dnn_mm_t" if backend == "onednn" else "_mm_t"}
+    want = _grads(m, x0, up, False, monkeypatch)
+    assert len(seen) == (2 if structure != "deep_only" else 1)  # the switched-off run used neither node
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and float((a - b).abs().max()) <= 1e-5 * float(b.abs().max())
+
+
+def test_deep_network_with_dropout_takes_the_plain_graph_and_an_input_without_gradient_works(monkeypatch):
+    m = dx.DCNv2(_schema(), dx.DCNConfig(structure="deep_only", deep_layers=(16,), deep_dropout=0.1), seed=0).train()
+    assert not fused.usable_mlp(m.deep, torch.randn(2, 264))
+    m = dx.DCNv2(_schema(), dx.DCNConfig(structure="deep_only", deep_layers=(16, 8)), seed=0).train()
+    x = torch.randn(8, m.d)  # no gradient wanted for the input: only the parameters get one
+    out = m.head(x)
+    out.sum().backward()
+    got = [p.grad.clone() for p in m.deep.parameters()]
+    monkeypatch.setattr(fused, "ENABLED", False)
+    m.zero_grad(set_to_none=True)
+    m.head(x).sum().backward()
+    for a, b in zip(got, [p.grad for p in m.deep.parameters()]):
+        assert a.shape == b.shape and float((a - b).abs().max()) <= 1e-5 * float(b.abs().max())

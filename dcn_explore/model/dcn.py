@@ -51,6 +51,8 @@ class DeepNetwork(nn.Module):
         """``pad``: ``h`` carries that many zero columns (the first layer's weight is padded to match)."""
         if not pad:
             return self.net(h)
+        if fused.ENABLED and fused.usable_mlp(self, h):  # one autograd node (model/fused.py)
+            return fused.relu_mlp(self, h, h.shape[-1] - pad)
         first, *rest = self.net
         h = F.linear(h, F.pad(first.weight, (0, pad)), first.bias)
         for mod in rest:
@@ -149,7 +151,9 @@ class DCNv2(nn.Module):
         layer (``x0``'s are 0), so the output and every gradient are the unpadded head's up to float
         rounding; the cross network's output is cut back to ``d`` columns where the logit reads it.
         Each layer pads its own parameters (the ``pad`` argument of the cross layers and the deep
-        network)."""
+        network). Full-rank cross stacks with bias and residual and Linear + ReLU deep networks
+        instead go through one autograd node each (:mod:`~dcn_explore.model.fused`; ``x0``'s padding
+        is then 1, which carries the cross biases)."""
         d, structure = self.d, self.config.structure
         # full-rank cross layers with bias and residual: one autograd node, the bias in a padding column
         # of ones (fused.py); the deep network's padded weight columns are 0, so it ignores the padding
