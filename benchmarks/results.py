@@ -215,24 +215,38 @@ def scoring_matmul() -> str:
                                                  "per-round ratio (BLAS / oneDNN)", "auto chooses"], rows) + "\n")
 
 
-def amp_quality() -> str:
-    d = _load("amp_quality")
-    title = "## bf16 autocast and quality: MovieLens-100K, float32 against `amp=True`\n"
+def _path_quality(name: str, title: str, how: str, keys: tuple[str, str], names: tuple[str, str]) -> str:
+    """A section of ``benchmarks/amp_quality.py``'s output ``name``: reference path ``keys[0]`` against ``keys[1]``."""
+    d = _load(name)
     if d is None:
-        return title + "\nNot run: `.venv/bin/python benchmarks/amp_quality.py`.\n"
+        return title + f"\nNot run: `{how}`.\n"
     m = d["machine"]
     head = _meta(d) + f"- {m['torch_threads']} threads, native bf16: {m['cpu_native_bf16']}; seeds: {d['settings']['seeds']}\n"
+    if "cpu_matmul" in m:
+        head += f"- `DCNX_CPU_MATMUL={m['cpu_matmul']}`" + (f" (oneDNN unusable: {m['onednn_unusable']})" if m.get("onednn_unusable") else "") + "\n"
+    (ref, new), (ref_name, new_name) = keys, names
     rows = []
     for r in d["summary"]:
         for metric in ("test_logloss", "test_auc"):
             v = r[metric]
-            rows.append([r["model"], metric, f"{v['fp32_mean']:.4f} ± {v['fp32_std']:.4f}", f"{v['amp_mean']:.4f} ± {v['amp_std']:.4f}",
-                         f"{v['mean_diff']:+.4f}", f"{v['mean_diff_in_fp32_std']:+.2f}"])
-    return (title + "\n" + head + "\n" + _table(["model", "metric", "float32 mean ± std", "amp mean ± std", "amp − float32 (mean of per-seed)",
-                                                 "in float32 seed std"], rows) + "\n")
+            rows.append([r["model"], metric, f"{v[ref + '_mean']:.4f} ± {v[ref + '_std']:.4f}", f"{v[new + '_mean']:.4f} ± {v[new + '_std']:.4f}",
+                         f"{v['mean_diff']:+.4f}", f"{v['mean_diff_in_' + ref + '_std']:+.2f}"])
+    return (title + "\n" + head + "\n" + _table(["model", "metric", f"{ref_name} mean ± std", f"{new_name} mean ± std",
+                                                 f"{new_name} − {ref_name} (mean of per-seed)", f"in {ref_name} seed std"], rows) + "\n")
+
+
+def amp_quality() -> str:
+    return _path_quality("amp_quality", "## bf16 autocast and quality: MovieLens-100K, float32 against `amp=True`\n",
+                         ".venv/bin/python benchmarks/amp_quality.py", ("fp32", "amp"), ("float32", "amp"))
+
+
+def fused_quality() -> str:
+    return _path_quality("fused_quality", "## One-node cross stack and deep network and quality: MovieLens-100K, plain graph against `model/fused.py`\n",
+                         ".venv/bin/python benchmarks/amp_quality.py --compare fused", ("plain", "fused"), ("plain graph", "fused"))
 
 
 SECTIONS = {"synthetic": synthetic, "movielens": movielens, "speed": speed, "speed_amp": speed_amp, "amp_quality": amp_quality,
+            "fused_quality": fused_quality,
             "sweep_speed": sweep_speed, "scoring_matmul": scoring_matmul, "criteo_memory": criteo_memory}
 
 

@@ -11,6 +11,7 @@ $PEERS benchmarks/movielens_quality.py "$@"
 $PEERS benchmarks/speed.py
 $PEERS benchmarks/speed.py --amp --out benchmarks/out/speed_amp.json
 .venv/bin/python benchmarks/amp_quality.py
+.venv/bin/python benchmarks/amp_quality.py --compare fused
 .venv/bin/python benchmarks/scoring_matmul.py
 .venv/bin/python benchmarks/sweep_speed.py
 .venv/bin/python benchmarks/criteo_memory.py --clean
