@@ -175,3 +175,27 @@ def test_deep_network_with_dropout_takes_the_plain_graph_and_an_input_without_gr
     m.head(x).sum().backward()
     for a, b in zip(got, [p.grad for p in m.deep.parameters()]):
         assert a.shape == b.shape and float((a - b).abs().max()) <= 1e-5 * float(b.abs().max())
+
+
+def test_batched_sweep_through_torch_func_takes_the_plain_graph():
+    """The batched sweep's vmap engine (here: full rank with a diagonal scale, a deep network, d = 261)
+    runs the model under ``torch.func.vmap``, which autograd Functions without ``setup_context`` do not
+    take: the deep network must not go through the fused node there. Same metrics as one by one."""
+    schema, n = _schema(), 600
+    g = torch.Generator().manual_seed(0)
+    data = dx.data.TabularData(
+        schema, categorical=torch.stack([torch.randint(0, 20 + i, (n,), generator=g) for i in range(16)], 1),
+        dense=torch.randn(n, 5, generator=g), label=(torch.rand(n, generator=g) < 0.3).float())
+    base = dx.DCNConfig(cross="full", cross_layers=2, deep_layers=(16,), diag_scale=0.5)
+    tc = dx.TrainConfig(epochs=1, progress=False)
+    runs = [dx.sweep(data, base, {"cross_layers": [2]}, seeds=2, train=tc, batched=b, progress=False) for b in (True, False)]
+    for col in ("test_auc", "val_auc", "test_logloss"):
+        assert list(runs[0][col]) == pytest.approx(list(runs[1][col]), abs=1e-5), col
+
+
+def test_a_second_derivative_through_the_fused_nodes_raises():
+    m = _model()
+    x = torch.randn(8, m.d, requires_grad=True)
+    (gx,) = torch.autograd.grad(m.head(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice a function that was marked with @once_differentiable"):
+        gx.sum().backward()

@@ -36,6 +36,7 @@ per round (16 rounds of 40 steps) against the plain graph.
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from . import onednn
 
@@ -43,14 +44,25 @@ from . import onednn
 ENABLED = True
 
 
+def _eager_float(x: torch.Tensor) -> bool:
+    """``x`` is float32/float64 and no autocast, ``torch.compile`` or ``torch.func`` transform (``vmap``,
+    as in the batched sweep engine, ``grad``, ...) is active: the nodes below are plain autograd
+    Functions, which those do not take."""
+    if torch.is_autocast_enabled(x.device.type) or torch.compiler.is_compiling():
+        return False
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    if active() if active is not None else torch._C._functorch.peek_interpreter_stack() is not None:
+        return False
+    return x.dtype in (torch.float32, torch.float64)
+
+
 def usable(layers, x0: torch.Tensor) -> bool:
     """Whether :func:`full_cross_stack` computes ``layers`` here: full-rank layers with bias and residual
-    and no diagonal scale, outside autocast and ``torch.compile`` (which take the plain layers)."""
+    and no diagonal scale, outside autocast, ``torch.compile`` and ``torch.func`` transforms (which take
+    the plain layers)."""
     if not layers or any(L.kind != "full" or L.b is None or not L.residual or L.diag_scale for L in layers):
         return False
-    if torch.is_autocast_enabled(x0.device.type) or torch.compiler.is_compiling():
-        return False
-    return x0.dtype in (torch.float32, torch.float64)
+    return _eager_float(x0)
 
 
 def _padded_kernel(layer, P: int, like: torch.Tensor) -> torch.Tensor:
@@ -120,6 +132,7 @@ class _FullCrossStack(torch.autograd.Function):
         return xl
 
     @staticmethod
+    @once_differentiable  # the padded kernels are copies: a second derivative through them would be wrong
     def backward(ctx, g):
         d, kernels, n = ctx.d, ctx.kernels, ctx.n
         x0p, *rest = ctx.saved_tensors
@@ -153,14 +166,12 @@ def _padded_weight(lin, P: int, like: torch.Tensor) -> torch.Tensor:
 
 def usable_mlp(deep, h: torch.Tensor) -> bool:
     """Whether :func:`relu_mlp` computes the deep network ``deep`` here: Linear + ReLU layers only (no
-    dropout), outside autocast and ``torch.compile``."""
+    dropout), outside autocast, ``torch.compile`` and ``torch.func`` transforms."""
     mods = list(deep.net)
     if not mods or len(mods) % 2 or not all(
             isinstance(a, torch.nn.Linear) and isinstance(r, torch.nn.ReLU) for a, r in zip(mods[::2], mods[1::2])):
         return False
-    if torch.is_autocast_enabled(h.device.type) or torch.compiler.is_compiling():
-        return False
-    return h.dtype in (torch.float32, torch.float64)
+    return _eager_float(h)
 
 
 class _ReluMLP(torch.autograd.Function):
@@ -178,6 +189,7 @@ class _ReluMLP(torch.autograd.Function):
         return h
 
     @staticmethod
+    @once_differentiable  # the padded kernels are copies: a second derivative through them would be wrong
     def backward(ctx, g):
         n = len(ctx.saved_tensors) // 4
         params, ins, outs = ctx.saved_tensors[: 2 * n], ctx.saved_tensors[2 * n : 3 * n], ctx.saved_tensors[3 * n :]
