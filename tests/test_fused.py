@@ -1,5 +1,5 @@
-"""The full-rank cross stack's one-node training path (dcn_explore/model/fused.py): when it is taken,
-that it gives autograd's gradients, and that it fails loudly rather than silently when misused."""
+"""The one-node training paths of dcn_explore/model/fused.py (full-rank cross stack, deep network): when they are taken,
+that they give autograd's gradients, and that it fails loudly rather than silently when misused."""
 
 import pytest
 import torch

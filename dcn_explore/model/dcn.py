@@ -51,7 +51,7 @@ class DeepNetwork(nn.Module):
         """``pad``: ``h`` carries that many zero columns (the first layer's weight is padded to match)."""
         if not pad:
             return self.net(h)
-        if fused.ENABLED and fused.usable_mlp(self, h):  # one autograd node (model/fused.py)
+        if fused.usable_mlp(self, h):  # one autograd node (model/fused.py)
             return fused.relu_mlp(self, h, h.shape[-1] - pad)
         first, *rest = self.net
         h = F.linear(h, F.pad(first.weight, (0, pad)), first.bias)
@@ -157,7 +157,7 @@ class DCNv2(nn.Module):
         d, structure = self.d, self.config.structure
         # full-rank cross layers with bias and residual: one autograd node, the bias in a padding column
         # of ones (fused.py); the deep network's padded weight columns are 0, so it ignores the padding
-        stack = self.cross is not None and fused.ENABLED and fused.usable(self.cross.layers, x0)
+        stack = self.cross is not None and fused.usable(self.cross.layers, x0)
 
         def cross(x: torch.Tensor) -> torch.Tensor:
             xl = fused.full_cross_stack(self.cross.layers, x, d) if stack else self.cross(x, pad=pad)

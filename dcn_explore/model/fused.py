@@ -50,32 +50,36 @@ def _eager_float(x: torch.Tensor) -> bool:
     Functions, which those do not take."""
     if torch.is_autocast_enabled(x.device.type) or torch.compiler.is_compiling():
         return False
-    active = getattr(torch._C, "_are_functorch_transforms_active", None)
-    if active() if active is not None else torch._C._functorch.peek_interpreter_stack() is not None:
+    if torch._C._are_functorch_transforms_active():  # what autograd.Function.apply itself asks
         return False
     return x.dtype in (torch.float32, torch.float64)
 
 
 def usable(layers, x0: torch.Tensor) -> bool:
-    """Whether :func:`full_cross_stack` computes ``layers`` here: full-rank layers with bias and residual
-    and no diagonal scale, outside autocast, ``torch.compile`` and ``torch.func`` transforms (which take
-    the plain layers)."""
-    if not layers or any(L.kind != "full" or L.b is None or not L.residual or L.diag_scale for L in layers):
+    """Whether :func:`full_cross_stack` computes ``layers`` here: :data:`ENABLED`, full-rank layers with
+    bias and residual and no diagonal scale, outside autocast, ``torch.compile`` and ``torch.func``
+    transforms (which take the plain layers)."""
+    if not ENABLED or not layers or any(L.kind != "full" or L.b is None or not L.residual or L.diag_scale for L in layers):
         return False
     return _eager_float(x0)
 
 
+def _zero_buffer(owner, attr: str, shape: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+    """``owner.<attr>``: a buffer of ``shape`` with ``like``'s dtype and device, made zero when missing or
+    of another shape, dtype or device (later writes keep to the same entries, so the rest stays 0)."""
+    buf = getattr(owner, attr, None)
+    if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
+        buf = like.new_zeros(shape)
+        setattr(owner, attr, buf)
+    return buf
+
+
 def _padded_kernel(layer, P: int, like: torch.Tensor) -> torch.Tensor:
-    """The layer's ``(P, P)`` buffer (made zero on first use for this width, dtype and device), with the
-    current ``W`` and ``b`` written into it."""
-    W, b, d = layer.W, layer.b, layer.d
-    buf = getattr(layer, "_padded_kernel_buffer", None)
-    if buf is None or buf.shape != (P, P) or buf.dtype != like.dtype or buf.device != like.device:
-        buf = like.new_zeros(P, P)
-        layer._padded_kernel_buffer = buf
+    """The layer's ``(P, P)`` buffer with the current ``W`` and ``b`` written into it."""
+    buf, d = _zero_buffer(layer, "_padded_kernel_buffer", (P, P), like), layer.d
     with torch.no_grad():
-        buf[:d, :d].copy_(W)
-        buf[:d, d].copy_(b)
+        buf[:d, :d].copy_(layer.W)
+        buf[:d, d].copy_(layer.b)
     return buf
 
 
@@ -127,14 +131,14 @@ class _FullCrossStack(torch.autograd.Function):
             xs.append(xl)
             us.append(u)
             xl = torch.addcmul(xl, x0p, u)
-        ctx.d, ctx.kernels, ctx.n = d, kernels, len(kernels)
+        ctx.d, ctx.kernels = d, kernels
         ctx.save_for_backward(x0p, *params, *xs, *us)
         return xl
 
     @staticmethod
     @once_differentiable  # the padded kernels are copies: a second derivative through them would be wrong
     def backward(ctx, g):
-        d, kernels, n = ctx.d, ctx.kernels, ctx.n
+        d, kernels, n = ctx.d, ctx.kernels, len(ctx.kernels)
         x0p, *rest = ctx.saved_tensors
         xs, us = rest[2 * n : 3 * n], rest[3 * n :]
         grads: list[torch.Tensor | None] = [None] * (2 * n)
@@ -155,20 +159,17 @@ class _FullCrossStack(torch.autograd.Function):
 def _padded_weight(lin, P: int, like: torch.Tensor) -> torch.Tensor:
     """``lin``'s ``(out, P)`` buffer: its weight in the first ``in`` columns, zeros after them."""
     W = lin.weight
-    buf = getattr(lin, "_padded_weight_buffer", None)
-    if buf is None or buf.shape != (W.shape[0], P) or buf.dtype != like.dtype or buf.device != like.device:
-        buf = like.new_zeros(W.shape[0], P)
-        lin._padded_weight_buffer = buf
+    buf = _zero_buffer(lin, "_padded_weight_buffer", (W.shape[0], P), like)
     with torch.no_grad():
         buf[:, : W.shape[1]].copy_(W)
     return buf
 
 
 def usable_mlp(deep, h: torch.Tensor) -> bool:
-    """Whether :func:`relu_mlp` computes the deep network ``deep`` here: Linear + ReLU layers only (no
-    dropout), outside autocast, ``torch.compile`` and ``torch.func`` transforms."""
+    """Whether :func:`relu_mlp` computes the deep network ``deep`` here: :data:`ENABLED`, Linear + ReLU
+    layers only (no dropout), outside autocast, ``torch.compile`` and ``torch.func`` transforms."""
     mods = list(deep.net)
-    if not mods or len(mods) % 2 or not all(
+    if not ENABLED or not mods or len(mods) % 2 or not all(
             isinstance(a, torch.nn.Linear) and isinstance(r, torch.nn.ReLU) for a, r in zip(mods[::2], mods[1::2])):
         return False
     return _eager_float(h)
@@ -177,7 +178,7 @@ def usable_mlp(deep, h: torch.Tensor) -> bool:
 class _ReluMLP(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, d, first, *params):
-        mm_t, ctx.mm_add, relu_lin = products(h)
+        mm_t, _, relu_lin = products(h)
         ins, outs = [], []
         for i in range(len(params) // 2):
             W, b = (first if i == 0 else params[2 * i]), params[2 * i + 1]
@@ -194,7 +195,6 @@ class _ReluMLP(torch.autograd.Function):
         n = len(ctx.saved_tensors) // 4
         params, ins, outs = ctx.saved_tensors[: 2 * n], ctx.saved_tensors[2 * n : 3 * n], ctx.saved_tensors[3 * n :]
         grads: list[torch.Tensor | None] = [None] * (2 * n)
-        gh = None
         for i in reversed(range(n)):
             g = torch.ops.aten.threshold_backward(g, outs[i], 0)
             gW = torch.mm(g.t(), ins[i])
@@ -202,9 +202,7 @@ class _ReluMLP(torch.autograd.Function):
             if i or ctx.needs_input_grad[0]:
                 W = ctx.first if i == 0 else params[2 * i]
                 g = ctx.mm_t(g, W.t())  # g W
-        if ctx.needs_input_grad[0]:
-            gh = g
-        return (gh, None, None, *grads)
+        return (g if ctx.needs_input_grad[0] else None, None, None, *grads)
 
 
 def relu_mlp(deep, h: torch.Tensor, d: int) -> torch.Tensor:
