@@ -1,5 +1,5 @@
 """The one-node training paths of dcn_explore/model/fused.py (full-rank cross stack, deep network): when they are taken,
-that they give autograd's gradients, and that it fails loudly rather than silently when misused."""
+that they give autograd's gradients, and that they fail loudly rather than silently when misused."""
 
 import pytest
 import torch
