@@ -151,8 +151,9 @@ def _speed(name: str, title: str, how: str) -> str:
     d = _load(name)
     if d is None:
         return title + f"\nNot run: `benchmarks/.peers-venv/bin/python {how}`.\n"
-    keys = ("batch", "infer_batch", "steps", "rounds", "threads", "sparse", "amp")
-    s = [title, _meta(d), f"- device: {d['device']}; settings: {json.dumps({k: d['settings'][k] for k in keys if k in d['settings']})}\n"]
+    keys = ("batch", "infer_batch", "steps", "rounds", "threads", "sparse", "amp", "peer_optimizer")
+    settings = {"peer_optimizer": "kept", **d["settings"]}  # files from before stop 19 kept the peers' Adam across rounds
+    s = [title, _meta(d), f"- device: {d['device']}; settings: {json.dumps({k: settings[k] for k in keys if k in settings})}\n"]
     s.append(_table(["model", "library / model", "params", "train ex/s median (min..max)", "inference ex/s median (min..max)"],
                     [[r["model"], r["name"], f"{r['params']:,}", f"{r['train_median']:,.0f} ({r['train_min']:,.0f}..{r['train_max']:,.0f})",
                       f"{r['infer_median']:,.0f} ({r['infer_min']:,.0f}..{r['infer_max']:,.0f})"] for r in d["rows"]]))

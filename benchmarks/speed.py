@@ -21,7 +21,11 @@ the default ``TrainConfig`` (Adam, L2 on cross kernels, clipping 10, EMA; row-sp
 updates chosen automatically for these 5M-parameter tables; float32, ``amp=False``, unless ``--amp``,
 which trains ours with ``amp=True`` and runs the peers' forward under the same
 ``torch.autocast(device, bfloat16)``, so that both sides of a ratio use one precision); peers run forward, mean BCE + their
-regularisation term, backward, clipping 10 and ``torch.optim.Adam``. Inference is the forward
+regularisation term, backward, clipping 10 and ``torch.optim.Adam``. Every library starts each round
+with a fresh optimizer, as a training run does: ``dx.fit`` builds its optimizers (and moving
+average), and each peer gets a new ``torch.optim.Adam`` (``--peer-optimizer kept``: one Adam for all
+of a peer's rounds, the protocol before stop 19, under which only ours paid each round for
+allocating optimizer state). Inference is the forward
 pass under ``torch.no_grad`` in batches of ``--infer-batch``. Libraries are measured in
 alternation, ``--rounds`` times each, after a warm-up; the table reports the median and the
 spread (min..max) of examples/s and, per model, ours divided by the fastest peer's median, and the
@@ -93,7 +97,7 @@ class Ours:
 
 
 class Peer:
-    def __init__(self, name: str, schema, cfg: dict, device, amp: bool = False):
+    def __init__(self, name: str, schema, cfg: dict, device, amp: bool = False, fresh_optimizer: bool = True):
         from peers.models import PEERS, build_peer
 
         self.name, self.library = name, PEERS[name]["library"]
@@ -102,8 +106,11 @@ class Peer:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.device = device
         self.amp = amp
+        self.fresh_optimizer = fresh_optimizer
 
     def train(self, data, batch: int) -> None:
+        if self.fresh_optimizer:  # a training run of its own, like ours (dx.fit builds its optimizers)
+            self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.model.train()
         for i in range(0, len(data), batch):
             b = data.batch(slice(i, i + batch))
@@ -198,6 +205,9 @@ def main(argv=None) -> int:
     p.add_argument("--amp", action="store_true",
                    help="train everyone with bf16 autocast: ours with TrainConfig(amp=True), the peers' forward under "
                         "torch.autocast(device, bfloat16); inference stays float32")
+    p.add_argument("--peer-optimizer", default="fresh", choices=["fresh", "kept"],
+                   help="fresh (default): every peer round starts with a new torch.optim.Adam, as each of ours is a whole "
+                        "dx.fit; kept: one Adam across a peer's rounds (the protocol before stop 19)")
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--quick", action="store_true", help="2 rounds of 8 steps (smoke run)")
     p.add_argument("--out", default=str(Path(__file__).parent / "out" / "speed.json"))
@@ -212,7 +222,8 @@ def main(argv=None) -> int:
                         amp=bool(args.amp))
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads ({platform.processor() or platform.machine()})"
     print(f"device: {dev_name}; torch {torch.__version__}; batch {args.batch}, inference batch {args.infer_batch}, "
-          f"{args.steps} steps x {args.rounds} rounds per library" + ("; training under bf16 autocast (--amp)" if args.amp else ""))
+          f"{args.steps} steps x {args.rounds} rounds per library; peers' optimizer per round: {args.peer_optimizer}"
+          + ("; training under bf16 autocast (--amp)" if args.amp else ""))
     results = []
     schema = criteo_shaped(10).schema
     for key in [m.strip() for m in args.models.split(",") if m.strip()]:
@@ -221,7 +232,8 @@ def main(argv=None) -> int:
         if not args.no_peers:
             for name in spec["peers"]:
                 try:
-                    libs.append(Peer(name, schema, spec["cfg"], device, amp=args.amp))
+                    libs.append(Peer(name, schema, spec["cfg"], device, amp=args.amp,
+                                     fresh_optimizer=args.peer_optimizer == "fresh"))
                 except Exception as e:  # a peer that does not build here is reported, not hidden
                     print(f"  {name}: not measured ({type(e).__name__}: {e})")
         per_round = args.steps * args.batch
