@@ -103,13 +103,13 @@ class Peer:
         self.name, self.library = name, PEERS[name]["library"]
         self.model = build_peer(name, schema, cross_layers=cfg["cross_layers"], deep_layers=(512, 256), rank=cfg.get("rank", 64),
                                 experts=cfg.get("experts", 4), embedding_dim=16, l2=0.0, batch_size=512, seed=0).to(device)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.opt: torch.optim.Adam | None = None  # made by the first train()
         self.device = device
         self.amp = amp
         self.fresh_optimizer = fresh_optimizer
 
     def train(self, data, batch: int) -> None:
-        if self.fresh_optimizer:  # a training run of its own, like ours (dx.fit builds its optimizers)
+        if self.opt is None or self.fresh_optimizer:  # fresh: a training run of its own, like ours (dx.fit builds its optimizers)
             self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.model.train()
         for i in range(0, len(data), batch):
